@@ -1,0 +1,141 @@
+"""The compiled route table: what the supervisor publishes and every worker serves.
+
+Everything here is a frozen dataclass of plain values (str, int, bool, float, None, tuples
+of those, nested dataclasses), so `edge.codec` can encode it canonically and the same table
+always has the same bytes and hash. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    """One problem found in the input, tied to the object and field that caused it."""
+
+    severity: str  # "error" (object dropped), "warning" (served, but look), "notice"
+    source: str  # file path or source name
+    kind: str
+    namespace: str
+    name: str
+    field: str  # dotted path inside the object, "" when it concerns the whole object
+    message: str
+
+    def format(self) -> str:
+        where = f"{self.kind} {self.namespace}/{self.name}"
+        at = f" field {self.field}" if self.field else ""
+        return f"{self.severity}: {self.source}: {where}{at}: {self.message}"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    address: str  # an IP literal
+    port: int
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """An upstream service; endpoints are filled in by the supervisor's resolver."""
+
+    name: str
+    service: str  # as the user wrote it
+    host: str  # DNS name or IP literal
+    port: int
+    connect_timeout_ms: int
+    endpoints: tuple[Endpoint, ...] = ()
+
+
+@dataclass(frozen=True)
+class Matcher:
+    """A header or query-parameter condition. value None means "present"."""
+
+    name: str  # header names lower-cased
+    value: str | None
+    regex: bool = False
+
+
+@dataclass(frozen=True)
+class HeaderOp:
+    name: str
+    value: str
+    append: bool = True
+
+
+@dataclass(frozen=True)
+class Target:
+    """One Mapping of a route group: where to send and how to rewrite."""
+
+    mapping: str  # "namespace/name"
+    cluster: str
+    weight: int  # cumulative, 1..100 (the group's last target ends at 100)
+    rewrite: str | None  # prefix replacement; None keeps the path
+    regex_rewrite_pattern: str | None
+    regex_rewrite_substitution: str
+    host_rewrite: str | None
+    add_request_headers: tuple[HeaderOp, ...]
+    add_response_headers: tuple[HeaderOp, ...]
+    remove_request_headers: tuple[str, ...]
+    remove_response_headers: tuple[str, ...]
+    timeout_ms: int  # 0 disables
+    idle_timeout_ms: int
+
+
+@dataclass(frozen=True)
+class Route:
+    """A group of Mappings with identical match criteria (a canary group)."""
+
+    group: str  # stable id of the match criteria
+    path_kind: str  # "prefix", "exact" or "regex"
+    path: str  # prefix, exact path or regex
+    case_sensitive: bool
+    precedence: int
+    method: str | None
+    host: str | None  # exact or glob (Mapping hostname/host), None for any
+    host_regex: bool
+    headers: tuple[Matcher, ...]
+    query: tuple[Matcher, ...]
+    targets: tuple[Target, ...]
+
+
+@dataclass(frozen=True)
+class VirtualHost:
+    """A Host object (or the implicit "*" when there are none) and its ordered routes."""
+
+    name: str  # "namespace/name" of the Host, "*" for the implicit one
+    hostname: str  # DNS glob
+    routes: tuple[int, ...]  # indexes into RouteTable.routes, in match order
+
+
+@dataclass(frozen=True)
+class ListenerSpec:
+    name: str
+    port: int
+    bind_address: str
+    protocol: str  # "HTTP"
+    security_model: str  # "XFP", "SECURE" or "INSECURE"
+    l7_depth: int
+    stats_prefix: str
+    hosts: tuple[int, ...]  # indexes into RouteTable.virtual_hosts bound to this port
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The ambassador Module's global settings."""
+
+    server_name: str = "edge"
+    max_request_headers_kb: int = 60
+    merge_slashes: bool = False
+    strip_matching_host_port: bool = False
+    xff_num_trusted_hops: int = 0
+    suppress_envoy_headers: bool = False
+
+
+@dataclass(frozen=True)
+class RouteTable:
+    settings: Settings
+    listeners: tuple[ListenerSpec, ...]
+    virtual_hosts: tuple[VirtualHost, ...]
+    routes: tuple[Route, ...]
+    clusters: tuple[Cluster, ...]
+    diagnostics: tuple[Diagnostic, ...] = field(default=())

@@ -1,0 +1,1 @@
+"""Input schemas: turn users' Emissary objects into validated specs (pure)."""

@@ -1,0 +1,1 @@
+"""The supervisor: sources, compiler, publisher, arbiter and admin server."""

@@ -1,0 +1,98 @@
+"""The admin HTTP server (hypercorn on trio, in the supervisor).
+
+    /ambassador/v0/check_ready   200 once the first table is published and every worker
+                                 has loaded it, else 503
+    /ambassador/v0/check_alive   200 while the supervisor runs
+    /ambassador/v0/diag/         HTML overview; ?json=true for JSON
+    /edge/v1/config              JSON: version, generation, publish_time, diagnostics, workers
+    /metrics                     Prometheus text
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from typing import Protocol
+from urllib.parse import parse_qs
+
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve
+
+
+class AdminView(Protocol):
+    def ready(self) -> tuple[bool, str]: ...
+    def config(self) -> dict: ...
+    def diag(self) -> dict: ...
+    def metrics(self) -> dict[str, float]: ...
+
+
+def make_app(view: AdminView):
+    async def app(scope, receive, send):
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return
+        path = scope["path"]
+        query = parse_qs(scope.get("query_string", b"").decode())
+        if path == "/ambassador/v0/check_ready":
+            ok, why = view.ready()
+            status, body, ctype = (200 if ok else 503), why.encode(), b"text/plain"
+        elif path == "/ambassador/v0/check_alive":
+            status, body, ctype = 200, b"edge is alive\n", b"text/plain"
+        elif path in ("/ambassador/v0/diag", "/ambassador/v0/diag/"):
+            data = view.diag()
+            if query.get("json", ["false"])[0].lower() == "true":
+                status, body, ctype = 200, _json(data), b"application/json"
+            else:
+                status, body, ctype = 200, render_diag(data).encode(), b"text/html; charset=utf-8"
+        elif path == "/edge/v1/config":
+            status, body, ctype = 200, _json(view.config()), b"application/json"
+        elif path == "/metrics":
+            lines = [f"{name} {value}" for name, value in sorted(view.metrics().items())]
+            status, body, ctype = 200, ("\n".join(lines) + "\n").encode(), b"text/plain; version=0.0.4"
+        else:
+            status, body, ctype = 404, b"not found\n", b"text/plain"
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", ctype), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    return app
+
+
+def _json(data) -> bytes:
+    return json.dumps(data, indent=2, sort_keys=True).encode() + b"\n"
+
+
+def render_diag(data: dict) -> str:
+    rows = "".join(
+        f"<tr><td>{html.escape(d['severity'])}</td><td>{html.escape(d['kind'])}</td>"
+        f"<td>{html.escape(d['namespace'])}/{html.escape(d['name'])}</td><td>{html.escape(d['field'])}</td>"
+        f"<td>{html.escape(d['message'])}</td><td>{html.escape(d['source'])}</td></tr>"
+        for d in data["errors"])
+    resources = "".join(
+        f"<tr><td>{html.escape(r['kind'])}</td><td>{html.escape(r['namespace'])}/{html.escape(r['name'])}</td>"
+        f"<td>{html.escape(r['source'])}</td></tr>" for r in data["resources"])
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>edge diagnostics</title></head><body>"
+        f"<h1>edge diagnostics</h1><p>table version {html.escape(str(data['version']))}, "
+        f"generation {data['generation']}</p>"
+        "<h2>Errors</h2><table border='1'><tr><th>severity</th><th>kind</th><th>object</th><th>field</th>"
+        f"<th>message</th><th>source</th></tr>{rows}</table>"
+        "<h2>Resources</h2><table border='1'><tr><th>kind</th><th>object</th><th>source</th></tr>"
+        f"{resources}</table></body></html>")
+
+
+async def serve_admin(view: AdminView, address: str, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    config = Config()
+    config.bind = [address]
+    config.accesslog = None
+    config.errorlog = None
+    config.graceful_timeout = 1
+    await serve(make_app(view), config, task_status=task_status)

@@ -1,0 +1,220 @@
+"""The arbiter: owns the listening sockets, spawns, watches and reaps worker processes.
+
+gunicorn's rules in trio: signal handlers only enqueue (trio's signal receiver), one loop
+reaps children and restarts them, a worker whose heartbeat stalls is killed and replaced,
+a worker that dies young is restarted with exponential backoff, never in a tight loop.
+
+Every listening port has one SO_REUSEPORT socket per worker slot. The supervisor keeps its
+copy, so a replacement worker inherits the very socket of its slot and the connections
+waiting in that socket's accept queue are served, not reset.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+import trio
+
+from edge.shm import StatCells
+
+log = logging.getLogger("edge.arbiter")
+
+BOOT_GRACE = 10.0  # seconds a new worker has before its first heartbeat is required
+YOUNG = 5.0  # a worker that dies younger than this is restarted with backoff
+MAX_BACKOFF = 10.0
+
+
+@dataclass
+class Slot:
+    index: int
+    proc: subprocess.Popen | None = None
+    ctrl: socket.socket | None = None
+    started: float = 0.0
+    backoff: float = 0.0
+    next_start: float = 0.0
+    beat: int = -1
+    beat_seen: float = 0.0
+    restarts: int = 0
+    exits: list = field(default_factory=list)
+
+
+def open_listener(address: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((address, port))
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+class Arbiter:
+    def __init__(self, workers: int, routes_segment: str, stats: StatCells, worker_args: list[str],
+                 heartbeat_timeout: float = 3.0):
+        self.slots = [Slot(i) for i in range(workers)]
+        self.routes_segment = routes_segment
+        self.stats = stats
+        self.worker_args = worker_args
+        self.heartbeat_timeout = heartbeat_timeout
+        self.sockets: dict[int, list[socket.socket]] = {}
+        self.bind_errors: dict[int, str] = {}
+        self.stopping = False
+
+    # ---- listening sockets ----
+    def set_listeners(self, wanted: list[tuple[str, int]]) -> None:
+        """Open sockets for new ports (and hand them to running workers); close removed ones."""
+        ports = {port for _, port in wanted}
+        for address, port in wanted:
+            if port in self.sockets:
+                continue
+            try:
+                socks = [open_listener(address, port) for _ in self.slots]
+            except OSError as exc:
+                self.bind_errors[port] = str(exc)
+                log.error("cannot listen on %s:%d: %s", address, port, exc)
+                continue
+            self.bind_errors.pop(port, None)
+            self.sockets[port] = socks
+            for slot, sock in zip(self.slots, socks):
+                self._send(slot, b"L%d" % port, [sock.fileno()])
+        for port in list(self.sockets):
+            if port not in ports:
+                for slot in self.slots:
+                    self._send(slot, b"U%d" % port)
+                for sock in self.sockets.pop(port):
+                    sock.close()
+
+    def _send(self, slot: Slot, msg: bytes, fds: list[int] = ()) -> None:
+        if slot.ctrl is None:
+            return
+        try:
+            socket.send_fds(slot.ctrl, [msg], list(fds)) if fds else slot.ctrl.send(msg)
+        except (BlockingIOError, BrokenPipeError, ConnectionResetError):
+            pass  # a wake-up already queued is enough; a dead worker gets reaped
+
+    def wake_all(self) -> None:
+        """Tell every worker a new table is published (they also poll as a fallback)."""
+        for slot in self.slots:
+            self._send(slot, b"T")
+
+    # ---- processes ----
+    def spawn(self, slot: Slot) -> None:
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        parent.setblocking(False)
+        fds = [child.fileno()]
+        args = [sys.executable, "-m", "edge.worker", "--slot", str(slot.index), "--routes", self.routes_segment,
+                "--stats", self.stats.name, "--ctrl", str(child.fileno()), *self.worker_args]
+        for port, socks in self.sockets.items():
+            fd = socks[slot.index].fileno()
+            fds.append(fd)
+            args += ["--listen", f"{port}:{fd}"]
+        self.stats.set(slot.index, "heartbeat", 0)
+        self.stats.set(slot.index, "generation", 0)
+        self.stats.set(slot.index, "pid", 0)
+        slot.proc = subprocess.Popen(args, pass_fds=fds)
+        child.close()
+        if slot.ctrl is not None:
+            slot.ctrl.close()
+        slot.ctrl = parent
+        slot.started = time.monotonic()
+        slot.beat, slot.beat_seen = 0, slot.started
+        log.info("worker %d started, pid %d", slot.index, slot.proc.pid)
+
+    def reap(self) -> None:
+        now = time.monotonic()
+        for slot in self.slots:
+            if slot.proc is None or slot.proc.poll() is None:
+                continue
+            code, pid = slot.proc.returncode, slot.proc.pid
+            lived = now - slot.started
+            slot.exits.append(code)
+            del slot.exits[:-10]
+            slot.proc = None
+            if self.stopping:
+                continue
+            if lived < YOUNG:
+                slot.backoff = min(MAX_BACKOFF, max(0.1, slot.backoff * 2))
+            else:
+                slot.backoff = 0.0
+            slot.next_start = now + slot.backoff
+            slot.restarts += 1
+            log.warning("worker %d (pid %d) exited with %s after %.1fs; restart in %.1fs",
+                        slot.index, pid, code, lived, slot.backoff)
+
+    def check_heartbeats(self) -> None:
+        now = time.monotonic()
+        for slot in self.slots:
+            if slot.proc is None:
+                continue
+            beat = self.stats.get(slot.index, "heartbeat")
+            if beat != slot.beat:
+                slot.beat, slot.beat_seen = beat, now
+                continue
+            limit = BOOT_GRACE if beat == 0 else self.heartbeat_timeout
+            if now - slot.beat_seen > limit:
+                log.error("worker %d (pid %d) heartbeat stalled for %.1fs; killing it",
+                          slot.index, slot.proc.pid, now - slot.beat_seen)
+                slot.proc.kill()
+                slot.beat_seen = now
+
+    def start_due(self) -> None:
+        now = time.monotonic()
+        for slot in self.slots:
+            if slot.proc is None and not self.stopping and now >= slot.next_start:
+                self.spawn(slot)
+
+    async def run(self) -> None:
+        """Spawn all workers, then reap/restart/watch until cancelled."""
+        with trio.open_signal_receiver(signal.SIGCHLD) as sigchld:
+            while True:
+                self.reap()
+                self.start_due()
+                self.check_heartbeats()
+                with trio.move_on_after(0.1):
+                    await sigchld.__anext__()
+
+    def workers(self) -> list[dict]:
+        out = []
+        for slot in self.slots:
+            cell = self.stats.cell(slot.index)
+            alive = slot.proc is not None and slot.proc.poll() is None
+            out.append({"slot": slot.index, "pid": slot.proc.pid if alive else None,
+                        "generation": cell["generation"] if alive else None,
+                        "requests": cell["requests"], "active_connections": cell["active_connections"],
+                        "restarts": slot.restarts, "heartbeat": cell["heartbeat"]})
+        return out
+
+    def all_loaded(self, generation: int) -> bool:
+        return all(slot.proc is not None and slot.proc.poll() is None
+                   and self.stats.get(slot.index, "pid") == slot.proc.pid
+                   and self.stats.get(slot.index, "generation") >= generation for slot in self.slots)
+
+    async def stop(self, drain_timeout: float) -> None:
+        """Close the listeners, SIGTERM the workers, wait for them to drain, then kill."""
+        self.stopping = True
+        for socks in self.sockets.values():
+            for sock in socks:
+                sock.close()
+        self.sockets.clear()
+        procs = [s.proc for s in self.slots if s.proc is not None]
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + drain_timeout + 2
+        while time.monotonic() < deadline and any(p.poll() is None for p in procs):
+            await trio.sleep(0.05)
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        for slot in self.slots:
+            if slot.ctrl is not None:
+                slot.ctrl.close()
+                slot.ctrl = None

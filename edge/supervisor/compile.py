@@ -1,0 +1,384 @@
+"""compile(objects) -> (RouteTable, diagnostics): Emissary semantics, pure.
+
+No I/O, no clock, no globals: the same objects always give the same table. Stages are
+named functions run in order: select (ambassador_id, duplicates) -> parse each kind ->
+group Mappings (canary weights) -> associate Mappings with Hosts -> bind Hosts to
+Listeners -> clusters. An invalid object is dropped with a Diagnostic; everything else
+still compiles. Endpoints of DNS-named services are filled in afterwards by
+`with_endpoints`, from the supervisor's resolver.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from dataclasses import dataclass, replace
+from typing import Iterable
+
+from edge.model import (
+    Cluster,
+    Diagnostic,
+    Endpoint,
+    HeaderOp,
+    ListenerSpec,
+    Matcher,
+    Route,
+    RouteTable,
+    Settings,
+    Target,
+    VirtualHost,
+)
+from edge.resources.base import Invalid, RawObject, ambassador_ids
+from edge.resources.host import LATER_FIELDS, HostSpec, parse_host
+from edge.resources.listener import ListenerSpec as ListenerInput
+from edge.resources.listener import parse_listener
+from edge.resources.mapping import KNOWN_FIELDS, MappingSpec, parse_mapping
+from edge.resources.module import ModuleSpec, parse_module
+
+DEFAULT_TIMEOUT_MS = 3000
+DEFAULT_CONNECT_TIMEOUT_MS = 3000
+DEFAULT_IDLE_TIMEOUT_MS = 300_000
+DEFAULT_LISTENER_PORT = 8080
+SUPPORTED_KINDS = ("Mapping", "Host", "Listener", "Module")
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    ambassador_id: str = "default"
+    default_listener_port: int = DEFAULT_LISTENER_PORT
+
+
+class _Diags:
+    def __init__(self):
+        self.items: list[Diagnostic] = []
+
+    def add(self, severity: str, obj: RawObject, field: str, message: str) -> None:
+        self.items.append(Diagnostic(severity, obj.source, obj.kind, obj.namespace, obj.name, field, message))
+
+
+def compile(objects: Iterable[RawObject], options: CompileOptions = CompileOptions()) -> tuple[RouteTable, list[Diagnostic]]:
+    diags = _Diags()
+    selected = select(objects, options, diags)
+    module = compile_module(selected.get("Module", []), diags)
+    listeners = compile_listeners(selected.get("Listener", []), options, diags)
+    hosts = compile_hosts(selected.get("Host", []), diags)
+    mappings = compile_mappings(selected.get("Mapping", []), module, diags)
+    routes, clusters = build_routes(mappings, module, diags)
+    vhosts = associate_hosts(hosts, routes, mappings)
+    bound = bind_listeners(listeners, hosts, vhosts)
+    table = RouteTable(
+        settings=module.settings,
+        listeners=bound,
+        virtual_hosts=tuple(vhosts),
+        routes=tuple(r for r, _ in routes),
+        clusters=tuple(clusters),
+        diagnostics=tuple(sorted(diags.items, key=diag_key)),
+    )
+    return table, list(table.diagnostics)
+
+
+def diag_key(d: Diagnostic):
+    return (d.source, d.kind, d.namespace, d.name, d.field, d.message)
+
+
+# ---- select --------------------------------------------------------------------------
+
+def select(objects: Iterable[RawObject], options: CompileOptions, diags: _Diags) -> dict[str, list[RawObject]]:
+    """Keep supported kinds for our ambassador_id; drop duplicate identities."""
+    by_key: dict[str, RawObject] = {}
+    for obj in sorted(objects, key=lambda o: (o.key, o.source)):
+        if obj.kind not in SUPPORTED_KINDS:
+            diags.add("notice", obj, "kind", f"kind {obj.kind} is not served by edge yet; ignored")
+            continue
+        try:
+            ids = ambassador_ids(obj.spec)
+        except Invalid as exc:
+            diags.add("error", obj, exc.field, exc.message)
+            continue
+        if options.ambassador_id not in ids:
+            continue
+        if obj.key in by_key:
+            first = by_key[obj.key]
+            diags.add("error", obj, "metadata.name",
+                      f"duplicate of {first.kind} {first.namespace}/{first.name} from {first.source}; this one is ignored")
+            continue
+        by_key[obj.key] = obj
+    kinds: dict[str, list[RawObject]] = defaultdict(list)
+    for obj in by_key.values():
+        kinds[obj.kind].append(obj)
+    return kinds
+
+
+# ---- Module, Listener, Host ----------------------------------------------------------
+
+def compile_module(objs: list[RawObject], diags: _Diags) -> ModuleSpec:
+    module = ModuleSpec(Settings(), {}, None)
+    for obj in objs:
+        try:
+            module = parse_module(obj)
+        except Invalid as exc:
+            diags.add("error", obj, exc.field, exc.message)
+    return module
+
+
+def compile_listeners(objs: list[RawObject], options: CompileOptions, diags: _Diags) -> list[tuple[RawObject | None, ListenerInput]]:
+    out: list[tuple[RawObject | None, ListenerInput]] = []
+    ports: dict[int, RawObject] = {}
+    for obj in objs:
+        try:
+            spec = parse_listener(obj)
+        except Invalid as exc:
+            diags.add("error", obj, exc.field, exc.message)
+            continue
+        if spec.port in ports:
+            other = ports[spec.port]
+            diags.add("error", obj, "spec.port",
+                      f"port {spec.port} is already used by Listener {other.namespace}/{other.name}")
+            continue
+        if "hostBinding" not in obj.spec:
+            diags.add("notice", obj, "spec.hostBinding", "absent: binding Hosts from all namespaces")
+        ports[spec.port] = obj
+        out.append((obj, spec))
+    if not objs:
+        out.append((None, ListenerInput(options.default_listener_port, "HTTP", "XFP", 0, "ALL", None, None, "")))
+    return out
+
+
+def compile_hosts(objs: list[RawObject], diags: _Diags) -> list[tuple[RawObject, HostSpec]]:
+    out = []
+    for obj in objs:
+        try:
+            spec = parse_host(obj)
+        except Invalid as exc:
+            diags.add("error", obj, exc.field, exc.message)
+            continue
+        for name in LATER_FIELDS:
+            if name in obj.spec:
+                diags.add("notice", obj, f"spec.{name}", "TLS and request policies are not served yet; ignored")
+        out.append((obj, spec))
+    return out
+
+
+# ---- Mappings and canary groups ------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Mapping:
+    obj: RawObject
+    spec: MappingSpec
+
+
+def compile_mappings(objs: list[RawObject], module: ModuleSpec, diags: _Diags) -> list[_Mapping]:
+    out = []
+    for obj in objs:
+        try:
+            spec = parse_mapping(obj, module.mapping_defaults)
+        except Invalid as exc:
+            diags.add("error", obj, exc.field, exc.message)
+            continue
+        for key in sorted(set(obj.spec) - KNOWN_FIELDS):
+            diags.add("warning", obj, f"spec.{key}", "field is not supported by edge; ignored")
+        out.append(_Mapping(obj, spec))
+    return out
+
+
+def group_key(spec: MappingSpec) -> tuple:
+    return (spec.path_kind, spec.prefix, spec.case_sensitive, spec.hostname, spec.host, spec.host_regex,
+            spec.method, tuple(sorted(spec.headers, key=repr)), tuple(sorted(spec.query, key=repr)),
+            spec.precedence)
+
+
+def _group_id(key: tuple) -> str:
+    return hashlib.blake2b(repr(key).encode(), digest_size=8).hexdigest()
+
+
+def cluster_name(spec: MappingSpec, connect_timeout_ms: int) -> str:
+    name = f"cluster_{spec.service.host}_{spec.service.port}".replace(".", "_").replace(":", "_")
+    return name if connect_timeout_ms == DEFAULT_CONNECT_TIMEOUT_MS else f"{name}_ct{connect_timeout_ms}"
+
+
+def canary_weights(weights: list[int | None]) -> list[int] | None:
+    """Cumulative weights for a group, Emissary's way; None when the total exceeds 100.
+
+    Weighted Mappings take their weight; unweighted ones share what is left equally (the
+    last one takes the rounding remainder), and the last target always ends at 100.
+    """
+    given = sum(w for w in weights if w is not None)
+    if given > 100:
+        return None
+    unweighted = [i for i, w in enumerate(weights) if w is None]
+    share, extra = divmod(100 - given, len(unweighted)) if unweighted else (0, 0)
+    actual = []
+    for i, w in enumerate(weights):
+        if w is None:
+            w = share + (extra if i == unweighted[-1] else 0)
+        actual.append(w)
+    cumulative, total = [], 0
+    for w in actual:
+        total += w
+        cumulative.append(total)
+    if total and total != 100:  # weights given but not summing to 100: scale to 100
+        cumulative = [c * 100 // total for c in cumulative]
+        cumulative[-1] = 100
+    return cumulative
+
+
+def _ops(adds) -> tuple[HeaderOp, ...]:
+    return tuple(HeaderOp(a.name, a.value, a.append) for a in adds)
+
+
+def build_routes(mappings: list[_Mapping], module: ModuleSpec, diags: _Diags) -> tuple[list[tuple[Route, list[_Mapping]]], list[Cluster]]:
+    groups: dict[tuple, list[_Mapping]] = defaultdict(list)
+    for m in mappings:
+        groups[group_key(m.spec)].append(m)
+    clusters: dict[str, Cluster] = {}
+    routes: list[tuple[Route, list[_Mapping]]] = []
+    default_timeout = module.request_timeout_ms if module.request_timeout_ms is not None else DEFAULT_TIMEOUT_MS
+    for key, members in groups.items():
+        members.sort(key=lambda m: (m.obj.namespace, m.obj.name))
+        cumulative = canary_weights([m.spec.weight for m in members])
+        if cumulative is None:
+            total = sum(m.spec.weight or 0 for m in members)
+            names = ", ".join(f"{m.obj.namespace}/{m.obj.name}" for m in members)
+            for m in members:
+                diags.add("error", m.obj, "spec.weight",
+                          f"canary group weights total {total}, over 100 (group: {names}); group dropped")
+            continue
+        targets = []
+        for m, weight in zip(members, cumulative):
+            s = m.spec
+            connect = s.connect_timeout_ms or DEFAULT_CONNECT_TIMEOUT_MS
+            name = cluster_name(s, connect)
+            clusters.setdefault(name, Cluster(name, s.service_text, s.service.host, s.service.port, connect,
+                                              (Endpoint(s.service.host, s.service.port),) if s.service.is_ip else ()))
+            targets.append(Target(
+                mapping=f"{m.obj.namespace}/{m.obj.name}",
+                cluster=name,
+                weight=weight,
+                rewrite=s.rewrite,
+                regex_rewrite_pattern=s.regex_rewrite[0] if s.regex_rewrite else None,
+                regex_rewrite_substitution=s.regex_rewrite[1] if s.regex_rewrite else "",
+                host_rewrite=s.host_rewrite,
+                add_request_headers=_ops(s.add_request_headers),
+                add_response_headers=_ops(s.add_response_headers),
+                remove_request_headers=s.remove_request_headers,
+                remove_response_headers=s.remove_response_headers,
+                timeout_ms=s.timeout_ms if s.timeout_ms is not None else default_timeout,
+                idle_timeout_ms=s.idle_timeout_ms if s.idle_timeout_ms is not None else DEFAULT_IDLE_TIMEOUT_MS,
+            ))
+        s = members[0].spec
+        host = s.host if s.host is not None else (s.hostname if s.hostname not in (None, "*") else None)
+        route = Route(
+            group=_group_id(key),
+            path_kind=s.path_kind,
+            path=s.prefix,
+            case_sensitive=s.case_sensitive,
+            precedence=s.precedence,
+            method=s.method,
+            host=host,
+            host_regex=s.host_regex and s.host is not None,
+            headers=tuple(Matcher(n, v, r) for n, v, r in sorted(s.headers, key=repr)),
+            query=tuple(Matcher(n, v, r) for n, v, r in sorted(s.query, key=repr)),
+            targets=tuple(targets),
+        )
+        routes.append((route, members))
+    routes.sort(key=lambda rm: route_order(rm[0]))
+    return routes, [clusters[n] for n in sorted(clusters)]
+
+
+def route_order(route: Route) -> tuple:
+    """Emissary's order: precedence, then prefix length, then number of header/query matches."""
+    return (-route.precedence, -len(route.path), -(len(route.headers) + len(route.query)), route.path, route.group)
+
+
+# ---- Host association and Listener binding --------------------------------------------
+
+def hostglob_matches(a: str, b: str) -> bool:
+    """Whether two DNS globs (a leading or trailing '*') can match a common name."""
+    a, b = a.lower(), b.lower()
+    if a == "*" or b == "*":
+        return True
+    if a.startswith("*") and b.startswith("*"):
+        return a[1:].endswith(b[1:]) or b[1:].endswith(a[1:])
+    if a.endswith("*") and b.endswith("*"):
+        return a[:-1].startswith(b[:-1]) or b[:-1].startswith(a[:-1])
+    for glob, name in ((a, b), (b, a)):
+        if glob.startswith("*"):
+            return name.endswith(glob[1:])
+        if glob.endswith("*"):
+            return name.startswith(glob[:-1])
+    return a == b
+
+
+def _labels_match(selector: dict[str, str], labels: dict) -> bool:
+    return all(str(labels.get(k)) == v for k, v in selector.items())
+
+
+def mapping_attaches(host: HostSpec, m: _Mapping) -> bool:
+    """Emissary's Host/Mapping association: by hostname, or by mappingSelector labels;
+    when the Host has a selector and the Mapping names a hostname, both must match."""
+    s = m.spec
+    if s.host is not None and not s.host_regex:
+        named = s.host
+    else:
+        named = s.hostname  # None when the Mapping did not say
+    regex_only = s.host is not None and s.host_regex
+    name_ok = regex_only or hostglob_matches(host.hostname, named or "*")
+    if host.selector is None:
+        return name_ok
+    selector_ok = _labels_match(host.selector, m.obj.labels)
+    if named is None and not regex_only:
+        return selector_ok
+    return selector_ok and name_ok
+
+
+def associate_hosts(hosts: list[tuple[RawObject, HostSpec]], routes: list[tuple[Route, list[_Mapping]]],
+                    mappings: list[_Mapping]) -> list[VirtualHost]:
+    if not hosts:
+        return [VirtualHost("*", "*", tuple(range(len(routes))))]
+    vhosts = []
+    for obj, spec in sorted(hosts, key=lambda h: (h[1].hostname, h[0].namespace, h[0].name)):
+        attached = tuple(i for i, (_, members) in enumerate(routes)
+                         if any(mapping_attaches(spec, m) for m in members))
+        vhosts.append(VirtualHost(f"{obj.namespace}/{obj.name}", spec.hostname, attached))
+    return vhosts
+
+
+def bind_listeners(listeners: list[tuple[RawObject | None, ListenerInput]],
+                   hosts: list[tuple[RawObject, HostSpec]], vhosts: list[VirtualHost]) -> tuple[ListenerSpec, ...]:
+    host_objs = {f"{o.namespace}/{o.name}": o for o, _ in hosts}
+    out = []
+    for obj, spec in sorted(listeners, key=lambda ls: ls[1].port):
+        bound = []
+        for i, vh in enumerate(vhosts):
+            hobj = host_objs.get(vh.name)
+            if hobj is None:  # the implicit "*" host
+                bound.append(i)
+                continue
+            if spec.namespace_from == "SELF" and obj is not None and hobj.namespace != obj.namespace:
+                continue
+            if spec.namespace_from == "SELECTOR":
+                continue  # namespace labels are only known from Kubernetes
+            if spec.host_selector is not None and not _labels_match(spec.host_selector, hobj.labels):
+                continue
+            bound.append(i)
+        name = f"{obj.namespace}/{obj.name}" if obj is not None else "default-http"
+        out.append(ListenerSpec(name, spec.port, "0.0.0.0", spec.protocol, spec.security_model,
+                                spec.l7_depth, spec.stats_prefix, tuple(bound)))
+    return tuple(out)
+
+
+# ---- endpoints -----------------------------------------------------------------------
+
+def dns_names(table: RouteTable) -> list[str]:
+    """Cluster hosts that need DNS resolution, sorted."""
+    return sorted({c.host for c in table.clusters if not c.endpoints})
+
+
+def with_endpoints(table: RouteTable, resolved: dict[str, tuple[str, ...]]) -> RouteTable:
+    """Fill DNS-named clusters' endpoints from `resolved` (name -> addresses)."""
+    clusters = []
+    for c in table.clusters:
+        if c.host in resolved:
+            c = replace(c, endpoints=tuple(Endpoint(a, c.port) for a in resolved[c.host]))
+        clusters.append(c)
+    return replace(table, clusters=tuple(clusters))

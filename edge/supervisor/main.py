@@ -1,0 +1,216 @@
+"""The supervisor: sources -> compile -> resolve -> publish, plus the arbiter and admin.
+
+Snapshots are debounced (a short hold-off, bounded by a maximum delay) so a burst of file
+writes becomes one table. A failed compile never replaces the last good table.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import secrets
+import signal
+import time
+from dataclasses import asdict, dataclass, field, replace
+
+import trio
+
+from edge.model import Diagnostic, RouteTable
+from edge.shm import StatCells
+from edge.supervisor import compile as compiler
+from edge.supervisor.admin import serve_admin
+from edge.supervisor.arbiter import Arbiter
+from edge.supervisor.publish import Publisher
+from edge.supervisor.resolver import resolve_all
+from edge.supervisor.sources import files
+
+log = logging.getLogger("edge.supervisor")
+
+HOLD_OFF = 0.02
+MAX_DELAY = 0.2
+
+
+@dataclass
+class Options:
+    config_paths: list[str]
+    workers: int
+    admin_addr: str = "127.0.0.1:8877"
+    ambassador_id: str = "default"
+    namespace: str = "default"
+    dns_refresh: float = 30.0
+    watch_interval: float = 0.1
+    heartbeat_timeout: float = 3.0
+    drain_timeout: float = 30.0
+    header_timeout: float = 10.0
+    idle_timeout: float = 300.0
+    log_level: str = "INFO"
+    worker_args: list[str] = field(default_factory=list)
+
+
+class Supervisor:
+    def __init__(self, opts: Options):
+        self.opts = opts
+        self.prefix = f"edge-{os.getpid()}-{secrets.token_hex(4)}"
+        self.stats = StatCells(f"{self.prefix}-stats", opts.workers, create=True)
+        self.publisher = Publisher(self.prefix)
+        worker_args = ["--header-timeout", str(opts.header_timeout), "--idle-timeout", str(opts.idle_timeout),
+                       "--drain-timeout", str(opts.drain_timeout), "--log-level", opts.log_level]
+        self.arbiter = Arbiter(opts.workers, self.publisher.first_segment, self.stats, worker_args,
+                               heartbeat_timeout=opts.heartbeat_timeout)
+        self.snapshot: files.Snapshot | None = None
+        self.compiled: RouteTable | None = None
+        self.diagnostics: list[Diagnostic] = []
+        self.resolved: dict[str, tuple[str, ...]] = {}
+        self.failed_dns: list[str] = []
+        self.compile_count = 0
+        self.last_apply_ms = 0.0
+        self.stopping = trio.Event()
+
+    # ---- pipeline ----
+    async def apply(self, snapshot: files.Snapshot) -> None:
+        started = time.perf_counter()
+        self.snapshot = snapshot
+        options = compiler.CompileOptions(ambassador_id=self.opts.ambassador_id)
+        table, diags = compiler.compile(snapshot.objects, options)
+        self.compile_count += 1
+        self.compiled = table
+        self.diagnostics = sorted(list(snapshot.diagnostics) + diags, key=compiler.diag_key)
+        for d in self.diagnostics:
+            if d.severity == "error":
+                log.warning("%s", d.format())
+        await self._refresh_dns(force=False)
+        self._publish()
+        self.last_apply_ms = (time.perf_counter() - started) * 1000
+
+    async def _refresh_dns(self, force: bool) -> None:
+        names = compiler.dns_names(self.compiled)
+        missing = [n for n in names if n not in self.resolved]
+        todo = names if force else missing
+        if todo:
+            found, failed = await resolve_all(todo, self.resolved)
+            self.resolved.update(found)
+            self.failed_dns = failed
+        self.resolved = {n: a for n, a in self.resolved.items() if n in names}
+
+    def _publish(self) -> None:
+        table = compiler.with_endpoints(self.compiled, self.resolved)
+        dns_diags = tuple(Diagnostic("warning", "dns", "Cluster", "", c.name, "service",
+                                     f"cannot resolve {c.host}; requests get 503 until it resolves")
+                          for c in table.clusters if not c.endpoints)
+        table = replace(table, diagnostics=tuple(self.diagnostics) + dns_diags)
+        published = self.publisher.publish(table)
+        if published is not None:
+            log.info("published table generation %d (%s, %d bytes)", published.generation,
+                     published.version[:12], published.size)
+        self.arbiter.set_listeners([(lst.bind_address, lst.port) for lst in table.listeners])
+        if published is not None:
+            self.arbiter.wake_all()
+
+    async def _dns_loop(self) -> None:
+        while True:
+            await trio.sleep(self.opts.dns_refresh)
+            if self.compiled is not None:
+                before = dict(self.resolved)
+                await self._refresh_dns(force=True)
+                if self.resolved != before:
+                    self._publish()
+
+    async def _pipeline(self, receive: trio.MemoryReceiveChannel) -> None:
+        """Debounce snapshots: wait HOLD_OFF after the last one, at most MAX_DELAY."""
+        while True:
+            snapshot = await receive.receive()
+            deadline = trio.current_time() + MAX_DELAY
+            while True:
+                with trio.move_on_at(min(deadline, trio.current_time() + HOLD_OFF)) as scope:
+                    snapshot = await receive.receive()
+                if scope.cancelled_caught:
+                    break
+            await self.apply(snapshot)
+
+    # ---- run ----
+    async def run(self) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                send, receive = trio.open_memory_channel(math.inf)
+                hup_send, hup_receive = trio.open_memory_channel(16)
+                nursery.start_soon(self._signals, hup_send)
+                nursery.start_soon(lambda: files.watch(
+                    self.opts.config_paths, send, interval=self.opts.watch_interval,
+                    default_namespace=self.opts.namespace, reload_events=hup_receive))
+                await self.apply(await receive.receive())  # listeners exist before workers start
+                nursery.start_soon(self._pipeline, receive)
+                nursery.start_soon(self.arbiter.run)
+                nursery.start_soon(self._dns_loop)
+                await nursery.start(serve_admin, self, self.opts.admin_addr)
+                log.info("admin on http://%s/, %d workers", self.opts.admin_addr, self.opts.workers)
+                await self.stopping.wait()
+                log.info("draining workers (up to %.0fs)", self.opts.drain_timeout)
+                await self.arbiter.stop(self.opts.drain_timeout)
+                nursery.cancel_scope.cancel()
+        finally:
+            self.publisher.close()
+            self.stats.close()
+
+    async def _signals(self, hup: trio.MemorySendChannel) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    log.info("SIGHUP: re-reading configuration")
+                    hup.send_nowait(None)
+                else:
+                    self.stopping.set()
+
+    # ---- admin view ----
+    def ready(self) -> tuple[bool, str]:
+        current = self.publisher.current
+        if current is None:
+            return False, "no table published yet\n"
+        if not self.arbiter.all_loaded(current.generation):
+            return False, f"waiting for workers to load generation {current.generation}\n"
+        return True, f"ready: generation {current.generation}\n"
+
+    def config(self) -> dict:
+        current = self.publisher.current
+        return {
+            "version": current.version if current else None,
+            "generation": current.generation if current else 0,
+            "publish_time": current.publish_time if current else None,
+            "table_bytes": current.size if current else 0,
+            "diagnostics": [asdict(d) for d in self.diagnostics],
+            "workers": self.arbiter.workers(),
+            "listeners": {str(p): "listening" for p in self.arbiter.sockets} | {
+                str(p): f"bind failed: {e}" for p, e in self.arbiter.bind_errors.items()},
+            "dns_failures": self.failed_dns,
+        }
+
+    def diag(self) -> dict:
+        objects = self.snapshot.objects if self.snapshot else ()
+        current = self.publisher.current
+        return {
+            "version": current.version if current else None,
+            "generation": current.generation if current else 0,
+            "resources": [{"kind": o.kind, "namespace": o.namespace, "name": o.name, "source": o.source}
+                          for o in objects],
+            "errors": [asdict(d) for d in self.diagnostics],
+            "routes": len(self.compiled.routes) if self.compiled else 0,
+        }
+
+    def metrics(self) -> dict[str, float]:
+        current = self.publisher.current
+        workers = self.arbiter.workers()
+        return {
+            "edge_table_generation": current.generation if current else 0,
+            "edge_table_bytes": current.size if current else 0,
+            "edge_compiles_total": self.compile_count,
+            "edge_publish_skipped_total": self.publisher.skipped,
+            "edge_diagnostics_errors": sum(1 for d in self.diagnostics if d.severity == "error"),
+            "edge_requests_total": sum(w["requests"] for w in workers),
+            "edge_active_connections": sum(w["active_connections"] for w in workers),
+            "edge_worker_restarts_total": sum(w["restarts"] for w in workers),
+            "edge_last_apply_ms": round(self.last_apply_ms, 3),
+        }
+
+
+def run(opts: Options) -> None:
+    trio.run(Supervisor(opts).run)

@@ -1,0 +1,71 @@
+"""Publish route tables into the routes segment: hash skip, growth, wake-up.
+
+One writer. A table whose encoding is byte-for-byte the current one is not published
+again; a table that outgrows its slot moves to a bigger segment, announced to readers in
+the old one's header.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from edge import codec
+from edge.model import RouteTable
+from edge.shm import RoutesWriter
+
+
+@dataclass(frozen=True)
+class Published:
+    generation: int
+    version: str  # hex content hash
+    publish_time: float
+    size: int
+
+
+class Publisher:
+    def __init__(self, prefix: str, slot_capacity: int = 4 << 20):
+        self.prefix = prefix
+        self._moves = 0
+        self.writer = RoutesWriter(self._segment_name(), slot_capacity)
+        self.current: Published | None = None
+        self.skipped = 0
+        # Outgrown segments stay until close(): workers attached to one (and replacements
+        # started with the first name) follow its successor pointer.
+        self._retired: list[RoutesWriter] = []
+
+    def _segment_name(self) -> str:
+        return f"{self.prefix}-routes-{self._moves}"
+
+    @property
+    def first_segment(self) -> str:
+        return f"{self.prefix}-routes-0"
+
+    def publish(self, table: RouteTable) -> Published | None:
+        """Publish `table`; None when it is identical to the current one."""
+        payload = codec.encode(table)
+        digest = codec.content_hash(payload)
+        if self.current is not None and self.current.version == digest.hex():
+            self.skipped += 1
+            return None
+        if not self.writer.fits(len(payload)):
+            self._grow(len(payload))
+        now = time.time()
+        generation = self.writer.publish(payload, digest, now)
+        self.current = Published(generation, digest.hex(), now, len(payload))
+        return self.current
+
+    def _grow(self, needed: int) -> None:
+        old = self.writer
+        self._moves += 1
+        capacity = max(needed * 2, old.slot_capacity * 2)
+        new = RoutesWriter(self._segment_name(), capacity)
+        new.continue_generation(old.generation)
+        old.announce_successor(new.name)
+        self._retired.append(old)
+        self.writer = new
+
+    def close(self) -> None:
+        self.writer.close()
+        for old in self._retired:
+            old.close()

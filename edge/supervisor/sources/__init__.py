@@ -1,0 +1,1 @@
+"""Configuration sources. Each one emits full snapshots of its objects."""

@@ -1,0 +1,3 @@
+from edge.worker.main import main
+
+main()

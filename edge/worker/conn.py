@@ -1,0 +1,337 @@
+"""One client connection: read requests, route, proxy to the upstream, stream back.
+
+Requests on a keep-alive connection are answered in order (pipelining). Each request takes
+the worker's current Router when its head arrives and keeps it to the end. Whose fault:
+ClientError -> 4xx and close; upstream trouble -> 502/503/504; once a response has
+started, any failure closes the connection (there is no way left to report it).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import socket
+import time
+
+import trio
+
+from edge.worker import net
+from edge.worker.proto.h1 import (
+    Body,
+    ClientError,
+    End,
+    Request,
+    RequestParser,
+    Response,
+    UpstreamError,
+    chunk,
+    last_chunk,
+    simple_response,
+)
+from edge.worker.proxy import normalize_path, request_head, response_head, rewrite_path, split_target
+from edge.worker.router import pick_target
+from edge.worker.state import WorkerState
+from edge.worker.upstream import ConnectTimeout, UpstreamConn
+
+log = logging.getLogger("edge.worker")
+
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+CHUNKED = b"transfer-encoding: chunked\r\n"
+
+
+class _Abort(Exception):
+    """Close the client connection without (more of) a response."""
+
+
+class _UpstreamFailed(Exception):
+    """Upstream trouble before any response byte reached the client."""
+
+    def __init__(self, status: int, message: str, retryable: bool = False):
+        super().__init__(message)
+        self.status = status
+        self.retryable = retryable
+
+
+async def serve_client(state: WorkerState, sock: socket.socket, peer: str, port: int) -> None:
+    """Serve one accepted connection until it closes. Never raises (counts our bugs)."""
+    state.active += 1
+    try:
+        await ClientConnection(state, sock, peer, port).run()
+    except (OSError, _Abort):
+        pass
+    except Exception:
+        state.internal_errors += 1
+        log.exception("internal error on a connection from %s", peer)
+    finally:
+        state.active -= 1
+        sock.close()
+
+
+class ClientConnection:
+    __slots__ = ("state", "sock", "peer", "port", "parser", "response_started", "server")
+
+    def __init__(self, state: WorkerState, sock: socket.socket, peer: str, port: int):
+        self.state = state
+        self.sock = sock
+        self.peer = peer
+        self.port = port
+        settings = state.router.settings
+        self.parser = RequestParser(settings.max_request_headers_kb * 1024)
+        self.server = settings.server_name.encode()
+        self.response_started = False
+
+    async def run(self) -> None:
+        while True:
+            req = await self._read_head()
+            if req is None:
+                return
+            self.state.in_flight += 1
+            try:
+                keep = await self._exchange(req)
+            finally:
+                self.state.in_flight -= 1
+            if not keep or self.state.draining:
+                return
+
+    async def _fill(self) -> bool:
+        """Read more from the client into the parser; False on EOF. Raises ClientError."""
+        state = self.state
+        n = await net.recv_into(self.sock, state.read_buf)
+        if n == 0:
+            return False
+        self.parser.feed(bytes(state.read_view[:n]))
+        return True
+
+    async def _read_head(self) -> Request | None:
+        """The next request head, or None when the connection should close."""
+        state = self.state
+        events = self.parser.events
+        try:
+            while not events:
+                partial = self.parser.in_message
+                if state.draining and not partial:
+                    return None
+                timeout = state.header_timeout if partial else state.idle_timeout
+                with trio.move_on_after(timeout) as scope:
+                    if not partial:
+                        state.idle_scopes.add(scope)
+                    try:
+                        more = await self._fill()
+                    finally:
+                        state.idle_scopes.discard(scope)
+                if scope.cancelled_caught:
+                    if partial and not state.draining:
+                        await self._local(408, b"request timeout", close=True)
+                    return None
+                if not more:
+                    return None
+        except ClientError as exc:
+            state.client_errors += 1
+            await self._local(exc.status, exc.reason.encode(), close=True)
+            return None
+        event = events.popleft()
+        if type(event) is not Request:  # the parser only emits a head first
+            raise AssertionError(f"expected a request head, got {event!r}")
+        if not event.has_body:
+            # llhttp completes a bodiless message in the same feed as its head
+            end = events.popleft()
+            if type(end) is not End:
+                raise AssertionError(f"expected the end of a bodiless request, got {end!r}")
+        return event
+
+    async def _local(self, status: int, body: bytes, close: bool, extra: tuple = ()) -> None:
+        await net.send_all(self.sock, simple_response(status, body, self.server, close, extra))
+
+    async def _exchange(self, req: Request) -> bool:
+        """Answer one request; True if the connection can carry another."""
+        state = self.state
+        state.requests += 1
+        router = state.router
+        settings = router.settings
+        self.response_started = False
+        must_close = not req.keep_alive or req.has_body  # a body we do not read poisons the stream
+        if req.upgrade:
+            await self._local(501, b"protocol upgrades are not supported yet", close=True)
+            return False
+        try:
+            path, query = split_target(req.target)
+            path = normalize_path(path, settings.merge_slashes)
+        except ClientError as exc:
+            state.client_errors += 1
+            await self._local(exc.status, exc.reason.encode(), close=True)
+            return False
+        host = req.host.decode("latin-1").lower() if req.host else ""
+        if settings.strip_matching_host_port and host.endswith(f":{self.port}"):
+            host = host[: -len(str(self.port)) - 1]
+        found = router.match(self.port, host, path, req.method, req.headers, query)
+        if found is None:
+            await self._local(404, b"", close=must_close)
+            return not must_close
+        route, matched = found
+        target = pick_target(route, random.randrange(100))
+        t = target.target
+        cluster = router.clusters[t.cluster]
+        listener = router.listeners[self.port]
+        new_path = rewrite_path(path, matched, t.rewrite, target.regex_rewrite, t.regex_rewrite_substitution)
+        original = (path + ("?" + query if query else "")) if new_path != path else None
+        head = request_head(
+            req.method, new_path, query, req.headers, client_ip=self.peer, xfp=b"http",
+            trust_xff=listener.l7_depth > 0 or settings.xff_num_trusted_hops > 0,
+            original_path=original, target=target, suppress_envoy=settings.suppress_envoy_headers,
+            chunked=req.chunked, content_length=req.content_length)
+        deadline = trio.current_time() + t.timeout_ms / 1000 if t.timeout_ms else math.inf
+        attempts = 2
+        while True:
+            attempts -= 1
+            endpoint = state.pool.pick(cluster)
+            if endpoint is None:
+                await self._local(503, b"no healthy upstream", close=must_close)
+                return not must_close
+            with trio.CancelScope(deadline=deadline) as scope:
+                try:
+                    return await self._forward(req, head, endpoint, cluster, target)
+                except _UpstreamFailed as exc:
+                    if exc.retryable and attempts > 0:
+                        continue
+                    state.upstream_errors += 1
+                    if self.response_started:
+                        raise _Abort() from None
+                    await self._local(exc.status, str(exc).encode(), close=True)
+                    return False
+            if scope.cancelled_caught:
+                state.upstream_errors += 1
+                if self.response_started:
+                    raise _Abort()
+                await self._local(504, b"upstream request timeout", close=True)
+                return False
+
+    async def _forward(self, req: Request, head: bytes, endpoint, cluster, target) -> bool:
+        state = self.state
+        try:
+            up = await state.pool.acquire(endpoint, cluster.connect_timeout_ms)
+        except ConnectTimeout as exc:
+            raise _UpstreamFailed(504, f"upstream connect timeout: {exc}") from None
+        except OSError as exc:
+            raise _UpstreamFailed(502, f"upstream connect error: {exc.strerror or exc}") from None
+        reuse = False
+        try:
+            sent_at = time.monotonic()
+            try:
+                await self._send_request(up, req, head)
+            except OSError as exc:
+                raise _UpstreamFailed(502, f"upstream reset: {exc.strerror or exc}",
+                                      retryable=up.reused and not req.has_body) from None
+            keep_client, reuse = await self._relay_response(up, req, target, sent_at)
+            return keep_client
+        finally:
+            if reuse:
+                state.pool.release(up)
+            else:
+                up.close()
+
+    async def _send_request(self, up: UpstreamConn, req: Request, head: bytes) -> None:
+        """Send the head and stream the body from the client (backpressure: we read from
+        the client only after the upstream took the previous piece)."""
+        events = self.parser.events
+        if not req.has_body:
+            await net.send_all(up.sock, head)
+            return
+        if req.expect_continue:
+            await net.send_all(self.sock, CONTINUE)
+        chunked = req.chunked
+        out = [head]
+        while True:
+            while events:
+                event = events[0]
+                if type(event) is Body:
+                    events.popleft()
+                    out.append(chunk(event.data) if chunked else event.data)
+                elif type(event) is End:
+                    events.popleft()
+                    if chunked:
+                        out.append(last_chunk(event.trailers))
+                    await self._upstream_send(up, out)
+                    return
+                else:
+                    raise AssertionError(f"request event out of order: {event!r}")
+            if out:
+                await self._upstream_send(up, out)
+                out = []
+            try:
+                more = await self._fill()
+            except ClientError as exc:
+                self.state.client_errors += 1
+                await self._local(exc.status, exc.reason.encode(), close=True)
+                raise _Abort() from None
+            if not more:
+                raise _Abort()  # the client left in the middle of its body
+
+    @staticmethod
+    async def _upstream_send(up: UpstreamConn, parts: list) -> None:
+        await net.send_all(up.sock, parts[0] if len(parts) == 1 else b"".join(parts))
+
+    async def _relay_response(self, up: UpstreamConn, req: Request, target, sent_at: float) -> tuple[bool, bool]:
+        """Stream the upstream's response to the client; returns (keep the client
+        connection, return the upstream connection to the pool)."""
+        state = self.state
+        parser = up.parser
+        events = parser.events
+        if req.method == b"HEAD":
+            parser.expect_no_body()
+        to_chunked = False
+        close_client = False
+        keep_upstream = False
+        out: list = []
+        while True:
+            if not events:
+                if out:
+                    await net.send_all(self.sock, b"".join(out))
+                    out = []
+                try:
+                    n = await net.recv_into(up.sock, state.read_buf)
+                    if n == 0:
+                        parser.feed_eof()
+                    else:
+                        parser.feed(bytes(state.read_view[:n]))
+                except (OSError, UpstreamError) as exc:
+                    fresh = not self.response_started and not parser.in_message
+                    raise _UpstreamFailed(502, f"upstream reset before response: {exc}",
+                                          retryable=fresh and up.reused and not req.has_body) from None
+                continue
+            event = events.popleft()
+            kind = type(event)
+            if kind is Body:
+                out.append(chunk(event.data) if to_chunked else event.data)
+            elif kind is End:
+                if to_chunked:
+                    out.append(last_chunk(event.trailers))
+                await net.send_all(self.sock, b"".join(out))
+                return not close_client, keep_upstream and not parser.close_delimited and not parser.in_message
+            elif kind is Response:
+                if event.informational:
+                    continue  # we answered Expect ourselves; other 1xx are not relayed
+                settings = state.router.settings
+                framing, to_chunked, close_delimited = self._framing(req, event, parser)
+                close_client = not req.keep_alive or close_delimited or state.draining
+                keep_upstream = event.keep_alive
+                service_ms = None if settings.suppress_envoy_headers else int((time.monotonic() - sent_at) * 1000)
+                out.append(response_head(event.status, event.reason, event.headers, target=target,
+                                         server=self.server, service_time_ms=service_ms,
+                                         framing=framing, close=close_client))
+                self.response_started = True
+
+    def _framing(self, req: Request, resp: Response, parser) -> tuple[bytes, bool, bool]:
+        """(framing header line, re-chunk the body?, close to end the body?)"""
+        if req.method == b"HEAD" or resp.status == 304:
+            for name, value in resp.headers:
+                if name == b"content-length":
+                    return b"content-length: %b\r\n" % value, False, False
+            return b"", False, False
+        if resp.status == 204:
+            return b"", False, False
+        if resp.content_length is not None:
+            return b"content-length: %d\r\n" % resp.content_length, False, False
+        if req.version == "1.1":
+            return CHUNKED, True, False
+        return b"", False, True  # an HTTP/1.0 client reads to EOF

@@ -1,0 +1,191 @@
+"""A worker process: serves traffic on the listening sockets its supervisor hands it.
+
+It reads the routes segment, writes only its own stats cell, and talks to nobody else.
+Control messages arrive on a SOCK_SEQPACKET pair: b"T" (a new table is published),
+b"L<port>" with one listening fd attached, b"U<port>" (stop listening on port).
+SIGTERM drains: stop accepting, close idle connections, finish in-flight requests up to
+the drain deadline, exit 0. If the supervisor goes away, the worker exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import sys
+
+import trio
+
+from edge.shm import StatCells
+from edge.worker.conn import serve_client
+from edge.worker.state import WorkerState
+from edge.worker.tablewatch import TableWatch
+
+log = logging.getLogger("edge.worker")
+HEARTBEAT_INTERVAL = 0.2
+POLL_INTERVAL = 0.25
+
+
+class Worker:
+    def __init__(self, args):
+        self.args = args
+        self.slot = args.slot
+        self.state = WorkerState(header_timeout=args.header_timeout, idle_timeout=args.idle_timeout)
+        self.stats = StatCells(args.stats)
+        self.watch = TableWatch(args.routes, self.state)
+        self.ctrl = socket.socket(fileno=args.ctrl)
+        self.ctrl.setblocking(False)
+        self.listeners: dict[int, tuple[socket.socket, trio.CancelScope]] = {}
+        self.parent = os.getppid()
+        self.stopping = trio.Event()
+
+    async def run(self) -> None:
+        self.stats.set(self.slot, "pid", os.getpid())
+        self.stats.set(self.slot, "draining", 0)
+        async with trio.open_nursery() as nursery:
+            self.nursery = nursery
+            nursery.start_soon(self._heartbeat)
+            nursery.start_soon(self._signals)
+            while not self.watch.poll():  # no traffic before the first table
+                await trio.sleep(0.02)
+            self._publish_generation()
+            for spec in self.args.listen:
+                port, fd = (int(x) for x in spec.split(":"))
+                self._listen(port, socket.socket(fileno=fd))
+            nursery.start_soon(self._control)
+            await self.stopping.wait()
+            await self._drain()
+            nursery.cancel_scope.cancel()
+
+    def _publish_generation(self) -> None:
+        self.stats.set(self.slot, "generation", self.watch.loaded)
+
+    def _listen(self, port: int, sock: socket.socket) -> None:
+        if port in self.listeners:
+            sock.close()
+            return
+        sock.setblocking(False)
+        scope = trio.CancelScope()
+        self.listeners[port] = (sock, scope)
+        self.nursery.start_soon(self._accept_loop, sock, port, scope)
+
+    def _unlisten(self, port: int) -> None:
+        entry = self.listeners.pop(port, None)
+        if entry:
+            entry[1].cancel()
+
+    async def _accept_loop(self, lsock: socket.socket, port: int, scope: trio.CancelScope) -> None:
+        state = self.state
+        # Connections run in the worker's nursery, not under `scope`: closing a listener
+        # (drain, Listener removed) must not cut the connections it accepted.
+        start = self.nursery.start_soon
+        with scope:
+            try:
+                while True:
+                    try:
+                        conn, addr = lsock.accept()
+                    except BlockingIOError:
+                        await trio.lowlevel.wait_readable(lsock)
+                        continue
+                    except OSError as exc:  # EMFILE and friends: back off, keep serving
+                        log.warning("accept on port %d: %s", port, exc)
+                        await trio.sleep(0.1)
+                        continue
+                    conn.setblocking(False)
+                    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    start(serve_client, state, conn, addr[0], port)
+            finally:
+                lsock.close()
+
+    async def _control(self) -> None:
+        while True:
+            try:
+                msg, fds, _, _ = socket.recv_fds(self.ctrl, 64, 4)
+            except BlockingIOError:
+                with trio.move_on_after(POLL_INTERVAL):
+                    await trio.lowlevel.wait_readable(self.ctrl)
+                self._reload()
+                continue
+            if not msg:  # supervisor closed its end
+                self.stopping.set()
+                return
+            if msg[:1] == b"L" and fds:
+                self._listen(int(msg[1:]), socket.socket(fileno=fds[0]))
+            elif msg[:1] == b"U":
+                self._unlisten(int(msg[1:]))
+            self._reload()
+
+    def _reload(self) -> None:
+        if self.watch.poll():
+            self._publish_generation()
+        self.stats.set(self.slot, "table_load_failures", self.watch.failures)
+
+    async def _heartbeat(self) -> None:
+        beat = 0
+        stats, slot, state = self.stats, self.slot, self.state
+        while True:
+            beat += 1
+            stats.set(slot, "heartbeat", beat)
+            stats.set(slot, "requests", state.requests)
+            stats.set(slot, "active_connections", state.active)
+            stats.set(slot, "internal_errors", state.internal_errors)
+            if os.getppid() != self.parent:
+                log.error("supervisor %d is gone; exiting", self.parent)
+                os._exit(1)
+            if beat % 50 == 0:
+                state.pool.sweep()
+            await trio.sleep(HEARTBEAT_INTERVAL)
+
+    async def _signals(self) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for _ in signals:
+                self.stopping.set()
+
+    async def _drain(self) -> None:
+        """Stop accepting, close idle connections, wait for in-flight requests."""
+        self.stats.set(self.slot, "draining", 1)
+        for port in list(self.listeners):
+            self._unlisten(port)
+        self.state.start_drain()
+        with trio.move_on_after(self.args.drain_timeout):
+            while self.state.active:
+                await trio.sleep(0.02)
+        self.state.pool.close_all()
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="edge-worker")
+    p.add_argument("--slot", type=int, required=True)
+    p.add_argument("--routes", required=True)
+    p.add_argument("--stats", required=True)
+    p.add_argument("--ctrl", type=int, required=True)
+    p.add_argument("--listen", action="append", default=[], help="PORT:FD")
+    p.add_argument("--header-timeout", type=float, default=10.0)
+    p.add_argument("--idle-timeout", type=float, default=300.0)
+    p.add_argument("--drain-timeout", type=float, default=30.0)
+    p.add_argument("--log-level", default="INFO")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=args.log_level, format=f"%(asctime)s worker[{args.slot}] %(levelname)s %(message)s")
+    _die_with_parent()
+    trio.run(Worker(args).run)
+
+
+def _die_with_parent() -> None:
+    """PR_SET_PDEATHSIG: the kernel sends SIGTERM if the supervisor dies (Linux)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # the heartbeat's getppid check covers it
+
+
+if __name__ == "__main__":
+    main()

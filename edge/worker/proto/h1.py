@@ -1,0 +1,332 @@
+"""HTTP/1.1 codec, sans-IO: bytes in, events out (httptools/llhttp underneath).
+
+`RequestParser` reads what clients send and enforces our framing rules on top of llhttp:
+every request-smuggling shape (Content-Length with Transfer-Encoding, conflicting lengths,
+codings other than chunked, obs-fold, CR/LF/NUL in values, duplicate Host) is a
+ClientError(400), oversized heads a ClientError(431). `ResponseParser` reads upstream
+responses; its errors are UpstreamError (the upstream's fault: 502).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from http import HTTPStatus
+
+import httptools
+
+
+class ClientError(Exception):
+    """The client sent something we must refuse; `status` is the answer (4xx)."""
+
+    def __init__(self, status: int, reason: str):
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+class UpstreamError(Exception):
+    """The upstream sent an unusable response."""
+
+
+@dataclass(slots=True)
+class Request:
+    method: bytes
+    target: bytes
+    version: str  # "1.1" or "1.0"
+    headers: list  # [(lower-cased name bytes, value bytes)], in order
+    keep_alive: bool
+    chunked: bool
+    content_length: int | None
+    host: bytes | None
+    expect_continue: bool
+    upgrade: bool
+
+    @property
+    def has_body(self) -> bool:
+        return self.chunked or bool(self.content_length)
+
+
+@dataclass(slots=True)
+class Response:
+    status: int
+    reason: bytes
+    version: str
+    headers: list
+    keep_alive: bool
+    chunked: bool
+    content_length: int | None
+
+    @property
+    def informational(self) -> bool:
+        return 100 <= self.status < 200
+
+
+@dataclass(slots=True)
+class Body:
+    data: bytes
+
+
+@dataclass(slots=True)
+class End:
+    trailers: list  # [(name, value)]; empty unless chunked with trailers
+
+
+_FORBIDDEN_IN_VALUE = (b"\r", b"\n", b"\x00")
+
+
+def _framing(headers: list, is_request: bool, version: str):
+    """Check Content-Length / Transfer-Encoding; return (chunked, content_length)."""
+    lengths = [v for n, v in headers if n == b"content-length"]
+    codings = [v for n, v in headers if n == b"transfer-encoding"]
+    error = ClientError if is_request else None
+    content_length = None
+    if lengths:
+        values = {v.strip() for v in b",".join(lengths).split(b",")}
+        if len(values) != 1:
+            _fail(error, "conflicting Content-Length values")
+        value = values.pop()
+        if not value.isdigit() or len(value) > 18:
+            _fail(error, f"bad Content-Length {value[:20]!r}")
+        content_length = int(value)
+    chunked = False
+    if codings:
+        if lengths:
+            _fail(error, "both Content-Length and Transfer-Encoding")
+        if version == "1.0" and is_request:
+            _fail(error, "Transfer-Encoding in an HTTP/1.0 request")
+        parts = [p.strip().lower() for p in b",".join(codings).split(b",")]
+        if parts != [b"chunked"]:
+            _fail(error, f"unsupported Transfer-Encoding {b', '.join(parts)[:40]!r}")
+        chunked = True
+    return chunked, content_length
+
+
+def _fail(error, reason: str):
+    if error is ClientError:
+        raise ClientError(400, reason)
+    raise UpstreamError(reason)
+
+
+class RequestParser:
+    """Parses a stream of pipelined requests into Request, Body and End events.
+
+    feed(data) appends to `events`; it raises ClientError for anything malformed, after
+    which the connection must be closed. `max_head` bounds request line plus headers.
+    """
+
+    def __init__(self, max_head: int = 60 * 1024):
+        self.max_head = max_head
+        self.events: deque = deque()
+        self._parser = httptools.HttpRequestParser(self)
+        self._reset_message()
+        self.messages_started = 0
+        self.in_message = False
+
+    def _reset_message(self):
+        self._url = b""
+        self._headers: list = []
+        self._head_bytes = 0
+        self._headers_done = False
+        self._trailers: list = []
+
+    # -- httptools callbacks (run inside feed) --
+    def on_message_begin(self):
+        self._reset_message()
+        self.messages_started += 1
+        self.in_message = True
+
+    def on_url(self, url: bytes):
+        self._url += url
+        self._count(len(url))
+
+    def _count(self, n: int):
+        self._head_bytes += n
+        if self._head_bytes > self.max_head:
+            raise ClientError(431, "request headers too large")
+
+    def on_header(self, name: bytes, value: bytes):
+        if any(c in value for c in _FORBIDDEN_IN_VALUE):
+            raise ClientError(400, "CR, LF or NUL in a header value")
+        if self._headers_done:
+            self._trailers.append((name, value))
+            return
+        self._count(len(name) + len(value) + 4)
+        self._headers.append((name.lower(), value))
+
+    def on_headers_complete(self):
+        self._headers_done = True
+        p = self._parser
+        version = p.get_http_version()
+        headers = self._headers
+        chunked, length = _framing(headers, True, version)
+        hosts = [v for n, v in headers if n == b"host"]
+        if len(hosts) > 1:
+            raise ClientError(400, "more than one Host header")
+        if not hosts and version == "1.1":
+            raise ClientError(400, "HTTP/1.1 request without Host")
+        expect = False
+        upgrade = False
+        for n, v in headers:
+            if n == b"expect":
+                if v.lower() != b"100-continue":
+                    raise ClientError(417, f"unsupported Expect {v[:30]!r}")
+                expect = version == "1.1"
+            elif n == b"upgrade":
+                upgrade = True
+        self.events.append(Request(p.get_method(), self._url, version, headers, p.should_keep_alive(),
+                                   chunked, length, hosts[0] if hosts else None, expect, upgrade))
+
+    def on_body(self, body: bytes):
+        self.events.append(Body(body))
+
+    def on_message_complete(self):
+        self.in_message = False
+        self.events.append(End(self._trailers))
+
+    def feed(self, data: bytes) -> None:
+        """Parse `data`; raise ClientError on malformed or hostile input."""
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            # our own checks raise inside llhttp's callbacks; httptools wraps them
+            if isinstance(exc.__context__, ClientError):
+                raise exc.__context__ from None
+            raise
+        except httptools.HttpParserUpgrade:
+            pass  # the Request event carries upgrade=True; the bytes after it are the new protocol's
+        except httptools.HttpParserError as exc:
+            reason = str(exc) or type(exc).__name__
+            status = 431 if "too large" in reason.lower() else 400
+            raise ClientError(status, f"malformed request: {reason}") from None
+        if not self._headers_done and self.in_message:
+            self._count(0)
+
+
+class ResponseParser:
+    """Parses one upstream connection's responses into Response, Body and End events.
+
+    Call `expect_no_body()` before feeding the answer to a HEAD request. Raises
+    UpstreamError on malformed responses.
+    """
+
+    def __init__(self, max_head: int = 64 * 1024):
+        self.max_head = max_head
+        self.events: deque = deque()
+        self._no_body = False
+        self._new_parser()
+
+    def _new_parser(self):
+        self._parser = httptools.HttpResponseParser(self)
+        self._headers: list = []
+        self._trailers: list = []
+        self._headers_done = False
+        self._head_bytes = 0
+        self._reason = b""
+        self._skip = False
+        self.close_delimited = False
+        self.in_message = False
+
+    def expect_no_body(self):
+        self._no_body = True
+
+    def on_message_begin(self):
+        self._headers, self._trailers, self._headers_done, self._head_bytes = [], [], False, 0
+        self.in_message = True
+
+    def on_status(self, reason: bytes):
+        self._reason += reason
+
+    def on_header(self, name: bytes, value: bytes):
+        if any(c in value for c in _FORBIDDEN_IN_VALUE):
+            raise UpstreamError("CR, LF or NUL in a response header value")
+        if self._headers_done:
+            self._trailers.append((name, value))
+            return
+        self._head_bytes += len(name) + len(value) + 4
+        if self._head_bytes > self.max_head:
+            raise UpstreamError("response headers too large")
+        self._headers.append((name.lower(), value))
+
+    def on_headers_complete(self):
+        self._headers_done = True
+        p = self._parser
+        status = p.get_status_code()
+        version = p.get_http_version()
+        chunked, length = _framing(self._headers, False, version)
+        no_body = status in (204, 304) or 100 <= status < 200 or self._no_body
+        if no_body:
+            chunked, length = False, None
+        resp = Response(status, self._reason, version, self._headers, p.should_keep_alive(), chunked, length)
+        self._reason = b""
+        self.events.append(resp)
+        if 100 <= status < 200:
+            return
+        if self._no_body:
+            self._no_body = False
+            self.in_message = False
+            self.events.append(End([]))
+            self._skip = True  # llhttp would wait for the advertised body; a new parser is made
+            return
+        self.close_delimited = not chunked and length is None and not no_body
+
+    def on_body(self, body: bytes):
+        if not self._skip:
+            self.events.append(Body(body))
+
+    def on_message_complete(self):
+        if self._skip:
+            return
+        self.in_message = False
+        self.events.append(End(self._trailers))
+
+    def feed(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            if isinstance(exc.__context__, UpstreamError):
+                raise exc.__context__ from None
+            raise
+        except httptools.HttpParserUpgrade:
+            raise UpstreamError("upgrade response to a request that did not ask for one") from None
+        except httptools.HttpParserError as exc:
+            raise UpstreamError(f"malformed response: {exc}") from None
+        if self._skip:
+            self._new_parser()
+
+    def feed_eof(self) -> None:
+        """The upstream closed; ends a close-delimited body, else raises UpstreamError."""
+        if self.in_message:
+            if self.close_delimited and self._headers_done:
+                self.in_message = False
+                self.events.append(End([]))
+                return
+            raise UpstreamError("upstream closed the connection mid-response")
+
+
+# ---- serialisation ---------------------------------------------------------------------
+
+def chunk(data: bytes) -> bytes:
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+def last_chunk(trailers: list) -> bytes:
+    if not trailers:
+        return b"0\r\n\r\n"
+    return b"0\r\n" + b"".join(b"%b: %b\r\n" % (n, v) for n, v in trailers) + b"\r\n"
+
+
+# Like Envoy, the reason phrase sent to clients is the standard one for the status.
+REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
+
+
+def simple_response(status: int, body: bytes, server: bytes, close: bool, extra: tuple = ()) -> bytes:
+    """A complete locally generated response (errors and 404s)."""
+    head = [b"HTTP/1.1 %d %b\r\n" % (status, REASONS.get(status, b"Unknown")),
+            b"content-length: %d\r\n" % len(body), b"content-type: text/plain\r\n",
+            b"server: %b\r\n" % server]
+    head.extend(b"%b: %b\r\n" % (n, v) for n, v in extra)
+    if close:
+        head.append(b"connection: close\r\n")
+    head.append(b"\r\n")
+    return b"".join(head) + body

@@ -1,0 +1,172 @@
+"""Proxy decisions, pure: path normalisation and rewrite, request and response heads.
+
+Nothing here touches a socket; conn.py calls these with parsed requests and responses.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from edge.worker.proto.h1 import REASONS, ClientError
+
+# RFC 7230 hop-by-hop headers, never forwarded (plus any named in Connection).
+HOP_BY_HOP = frozenset({
+    b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding",
+    b"upgrade", b"proxy-authenticate", b"proxy-authorization",
+})
+_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+_HEX = "0123456789abcdefABCDEF"
+
+
+def split_target(target: bytes) -> tuple[str, str]:
+    """Request-target -> (path, query). Absolute-form keeps only its path. Raises ClientError."""
+    try:
+        text = target.decode("ascii")
+    except UnicodeDecodeError:
+        raise ClientError(400, "non-ASCII request target") from None
+    if not text.startswith("/"):
+        scheme, sep, rest = text.partition("://")
+        if not sep or scheme.lower() not in ("http", "https"):
+            raise ClientError(400, f"bad request target {text[:40]!r}")
+        slash = rest.find("/")
+        text = rest[slash:] if slash >= 0 else "/"
+    path, _, query = text.partition("?")
+    path = path.partition("#")[0]
+    return path, query
+
+
+def normalize_path(path: str, merge_slashes: bool = False) -> str:
+    """RFC 3986 normalisation as Envoy's normalize_path: decode %-escaped unreserved
+    characters, upper-case the other escapes, remove dot segments; optionally merge '//'.
+    Raises ClientError for a malformed escape."""
+    if "%" in path:
+        path = _decode_unreserved(path)
+    if merge_slashes and "//" in path:
+        while "//" in path:
+            path = path.replace("//", "/")
+    if "/." in path:
+        path = _remove_dot_segments(path)
+    return path
+
+
+def _decode_unreserved(path: str) -> str:
+    out = []
+    i, n = 0, len(path)
+    while i < n:
+        c = path[i]
+        if c == "%":
+            h = path[i + 1:i + 3]
+            if len(h) != 2 or h[0] not in _HEX or h[1] not in _HEX:
+                raise ClientError(400, "bad percent-encoding in path")
+            value = int(h, 16)
+            out.append(chr(value) if value in _UNRESERVED else "%" + h.upper())
+            i += 3
+        else:
+            out.append(c)
+            i += 1
+    return "".join(out)
+
+
+def _remove_dot_segments(path: str) -> str:
+    out: list[str] = []
+    segments = path.split("/")
+    for seg in segments[1:]:
+        if seg == ".":
+            continue
+        if seg == "..":
+            if out:
+                out.pop()
+            continue
+        out.append(seg)
+    if segments[-1] in (".", ".."):
+        out.append("")
+    return "/" + "/".join(out)
+
+
+def rewrite_path(path: str, matched: int, rewrite: str | None, regex_rewrite, substitution: str) -> str:
+    """Emissary rewrite: regex_rewrite wins; else the matched prefix is replaced by
+    `rewrite` (default "/"); rewrite None keeps the path."""
+    if regex_rewrite is not None:
+        # Envoy (RE2) writes group references as \1, which Python's re.sub reads the same way
+        return regex_rewrite.sub(substitution, path)
+    if rewrite is None:
+        return path
+    return rewrite + path[matched:]
+
+
+def connection_tokens(headers: list) -> frozenset:
+    tokens = set()
+    for name, value in headers:
+        if name == b"connection":
+            tokens.update(t.strip().lower() for t in value.split(b","))
+    return frozenset(tokens)
+
+
+def request_head(method: bytes, path: str, query: str, headers: list, *, client_ip: str,
+                 xfp: bytes, trust_xff: bool, original_path: str | None, target,
+                 suppress_envoy: bool, chunked: bool, content_length: int | None) -> bytes:
+    """The upstream request head (HTTP/1.1, keep-alive) for one target of a route."""
+    t = target.target
+    drop = HOP_BY_HOP | connection_tokens(headers)
+    removed = {n.encode() for n in t.remove_request_headers}
+    replaced = {op.name.lower().encode() for op in t.add_request_headers if not op.append}
+    host_rewrite = t.host_rewrite.encode() if t.host_rewrite else None
+    lines = [b"%b %b HTTP/1.1\r\n" % (method, (path + ("?" + query if query else "")).encode())]
+    has_xrid = False
+    xff = None
+    for name, value in headers:
+        if name in drop or name in removed or name in replaced:
+            continue
+        if name == b"content-length" or name == b"expect":
+            continue
+        if name == b"x-forwarded-for":
+            xff = value if xff is None else xff + b", " + value
+            continue
+        if name == b"x-forwarded-proto":
+            if trust_xff:
+                xfp = value
+            continue
+        if name == b"host" and host_rewrite is not None:
+            value = host_rewrite
+        elif name == b"x-request-id":
+            has_xrid = True
+        lines.append(b"%b: %b\r\n" % (name, value))
+    xff = client_ip.encode() if xff is None else xff + b", " + client_ip.encode()
+    lines.append(b"x-forwarded-for: %b\r\nx-forwarded-proto: %b\r\n" % (xff, xfp))
+    if not has_xrid:
+        lines.append(b"x-request-id: %b\r\n" % str(uuid.uuid4()).encode())
+    if original_path is not None and not suppress_envoy:
+        lines.append(b"x-envoy-original-path: %b\r\n" % original_path.encode())
+    for op in t.add_request_headers:
+        lines.append(b"%b: %b\r\n" % (op.name.encode(), op.value.encode()))
+    if chunked:
+        lines.append(b"transfer-encoding: chunked\r\n")
+    elif content_length is not None:
+        lines.append(b"content-length: %d\r\n" % content_length)
+    lines.append(b"\r\n")
+    return b"".join(lines)
+
+
+def response_head(status: int, reason: bytes, headers: list, *, target, server: bytes,
+                  service_time_ms: int | None, framing: bytes, close: bool) -> bytes:
+    """The head sent to the client. `framing` is the content-length/transfer-encoding
+    line (or b"") chosen by the caller; `service_time_ms` None omits the envoy header."""
+    t = target.target
+    drop = HOP_BY_HOP | connection_tokens(headers)
+    removed = {n.encode() for n in t.remove_response_headers}
+    replaced = {op.name.lower().encode() for op in t.add_response_headers if not op.append}
+    lines = [b"HTTP/1.1 %d %b\r\n" % (status, REASONS.get(status) or reason or b"Unknown")]
+    for name, value in headers:
+        if name in drop or name in removed or name in replaced or name == b"content-length" or name == b"server":
+            continue
+        lines.append(b"%b: %b\r\n" % (name, value))
+    for op in t.add_response_headers:
+        lines.append(b"%b: %b\r\n" % (op.name.encode(), op.value.encode()))
+    lines.append(b"server: %b\r\n" % server)
+    if service_time_ms is not None:
+        lines.append(b"x-envoy-upstream-service-time: %d\r\n" % service_time_ms)
+    lines.append(framing)
+    if close:
+        lines.append(b"connection: close\r\n")
+    lines.append(b"\r\n")
+    return b"".join(lines)

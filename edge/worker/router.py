@@ -1,0 +1,209 @@
+"""Route matching for one table generation (pure: no I/O).
+
+A Router is built once per table generation (regexes compiled, virtual hosts indexed by
+listener port) and then only read, so a request costs a dict lookup for the virtual host
+and a walk of that host's ordered routes.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from urllib.parse import parse_qsl
+
+from edge.model import Cluster, ListenerSpec, Route, RouteTable, Target
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledTarget:
+    target: Target
+    weight: int
+    regex_rewrite: re.Pattern | None
+
+
+class CompiledRoute:
+    __slots__ = ("route", "kind", "path", "regex", "method", "host", "host_kind", "host_re",
+                 "headers", "query", "targets", "case_sensitive")
+
+    def __init__(self, route: Route):
+        self.route = route
+        self.kind = route.path_kind
+        self.case_sensitive = route.case_sensitive
+        self.path = route.path if route.case_sensitive else route.path.lower()
+        flags = 0 if route.case_sensitive else re.IGNORECASE
+        self.regex = re.compile(route.path, flags) if route.path_kind == "regex" else None
+        self.method = route.method.encode() if route.method else None
+        self.host = route.host.lower() if route.host else None
+        self.host_kind = "any"
+        self.host_re = None
+        if route.host is not None:
+            if route.host_regex:
+                self.host_kind, self.host_re = "regex", re.compile(route.host)
+            elif "*" in route.host:
+                self.host_kind = "glob"
+            else:
+                self.host_kind = "exact"
+        self.headers = tuple((m.name.encode(), m.value, re.compile(m.value) if m.regex else None)
+                             for m in route.headers)
+        self.query = tuple((m.name, m.value, re.compile(m.value) if m.regex else None) for m in route.query)
+        self.targets = tuple(CompiledTarget(t, t.weight, re.compile(t.regex_rewrite_pattern)
+                                            if t.regex_rewrite_pattern else None) for t in route.targets)
+
+    def match_path(self, path: str) -> int:
+        """Length of the matched path prefix, or -1."""
+        p = path if self.case_sensitive else path.lower()
+        if self.kind == "prefix":
+            return len(self.path) if p.startswith(self.path) else -1
+        if self.kind == "exact":
+            return len(p) if p == self.path else -1
+        m = self.regex.match(path)
+        # Envoy's safe_regex on a prefix route must match the whole path
+        return m.end() if m and m.end() == len(path) else -1
+
+    def match_host(self, host: str) -> bool:
+        kind = self.host_kind
+        if kind == "any":
+            return True
+        if kind == "exact":
+            return host == self.host
+        if kind == "glob":
+            return glob_match(self.host, host)
+        return self.host_re.fullmatch(host) is not None
+
+
+def glob_match(glob: str, name: str) -> bool:
+    if glob == "*":
+        return True
+    if glob.startswith("*"):
+        return name.endswith(glob[1:]) and len(name) > len(glob) - 1
+    if glob.endswith("*"):
+        return name.startswith(glob[:-1]) and len(name) > len(glob) - 1
+    return glob == name
+
+
+class _VhostIndex:
+    """Picks the virtual host for a Host header: exact, then the longest suffix wildcard,
+    then the longest prefix wildcard, then '*' (Envoy's order)."""
+
+    def __init__(self, vhosts: list[tuple[str, list[CompiledRoute]]]):
+        self.exact: dict[str, list[CompiledRoute]] = {}
+        self.suffix: list[tuple[str, list[CompiledRoute]]] = []
+        self.prefix: list[tuple[str, list[CompiledRoute]]] = []
+        self.star: list[CompiledRoute] | None = None
+        for hostname, routes in vhosts:
+            if hostname == "*":
+                self.star = routes if self.star is None else _merge(self.star, routes)
+            elif hostname.startswith("*"):
+                self.suffix.append((hostname[1:], routes))
+            elif hostname.endswith("*"):
+                self.prefix.append((hostname[:-1], routes))
+            else:
+                self.exact[hostname] = _merge(self.exact[hostname], routes) if hostname in self.exact else routes
+        self.suffix.sort(key=lambda s: -len(s[0]))
+        self.prefix.sort(key=lambda s: -len(s[0]))
+
+    def lookup(self, host: str) -> list[CompiledRoute] | None:
+        routes = self.exact.get(host)
+        if routes is not None:
+            return routes
+        for suffix, routes in self.suffix:
+            if host.endswith(suffix) and len(host) > len(suffix):
+                return routes
+        for prefix, routes in self.prefix:
+            if host.startswith(prefix) and len(host) > len(prefix):
+                return routes
+        return self.star
+
+
+def _merge(a: list[CompiledRoute], b: list[CompiledRoute]) -> list[CompiledRoute]:
+    seen = {id(r) for r in a}
+    return a + [r for r in b if id(r) not in seen]
+
+
+class Router:
+    """Read-only lookup structures for one RouteTable."""
+
+    def __init__(self, table: RouteTable, generation: int = 0):
+        self.table = table
+        self.generation = generation
+        self.settings = table.settings
+        self.clusters: dict[str, Cluster] = {c.name: c for c in table.clusters}
+        compiled = [CompiledRoute(r) for r in table.routes]
+        self.listeners: dict[int, ListenerSpec] = {}
+        self._vhosts: dict[int, _VhostIndex] = {}
+        for listener in table.listeners:
+            vhosts = []
+            for i in listener.hosts:
+                vh = table.virtual_hosts[i]
+                vhosts.append((vh.hostname, [compiled[r] for r in vh.routes]))
+            self.listeners[listener.port] = listener
+            self._vhosts[listener.port] = _VhostIndex(vhosts)
+
+    def match(self, port: int, host: str, path: str, method: bytes, headers: list, query: str) -> tuple[CompiledRoute, int] | None:
+        """The first route that matches, with the matched path length; None for a 404.
+
+        `host` is the Host header lower-cased (port kept unless the caller stripped it);
+        virtual hosts are chosen on the name without a port.
+        """
+        index = self._vhosts.get(port)
+        if index is None:
+            return None
+        name = host.rsplit(":", 1)[0] if ":" in host and not host.endswith("]") else host
+        routes = index.lookup(name)
+        if not routes:
+            return None
+        header_map = None
+        query_map = None
+        for r in routes:
+            matched = r.match_path(path)
+            if matched < 0:
+                continue
+            if r.method is not None and r.method != method:
+                continue
+            if not r.match_host(host):
+                continue
+            if r.headers:
+                if header_map is None:
+                    header_map = _header_map(headers)
+                if not _match_all(r.headers, header_map):
+                    continue
+            if r.query:
+                if query_map is None:
+                    query_map = {}
+                    for k, v in parse_qsl(query, keep_blank_values=True):
+                        query_map.setdefault(k, v)
+                if not _match_all(r.query, query_map):
+                    continue
+            return r, matched
+        return None
+
+
+def _header_map(headers: list) -> dict:
+    out: dict = {}
+    for name, value in headers:
+        if name in out:
+            out[name] = out[name] + "," + value.decode("latin-1")
+        else:
+            out[name] = value.decode("latin-1")
+    return out
+
+
+def _match_all(matchers: tuple, values: dict) -> bool:
+    for name, value, regex in matchers:
+        actual = values.get(name)
+        if actual is None:
+            return False
+        if regex is not None:
+            if regex.fullmatch(actual) is None:
+                return False
+        elif value is not None and actual != value:
+            return False
+    return True
+
+
+def pick_target(route: CompiledRoute, roll: int) -> CompiledTarget:
+    """The canary target for `roll` in [0, 100)."""
+    for t in route.targets:
+        if roll < t.weight:
+            return t
+    return route.targets[-1]
