@@ -286,8 +286,11 @@ def build_routes(mappings: list[_Mapping], module: ModuleSpec, diags: _Diags) ->
 
 
 def route_order(route: Route) -> tuple:
-    """Emissary's order: precedence, then prefix length, then number of header/query matches."""
-    return (-route.precedence, -len(route.path), -(len(route.headers) + len(route.query)), route.path, route.group)
+    """Emissary's order: precedence, then prefix length, then number of header/query
+    matches (Emissary turns `method` and `host` into :method and :authority header
+    matches, so they count as headers)."""
+    conditions = len(route.headers) + len(route.query) + (route.method is not None) + (route.host is not None)
+    return (-route.precedence, -len(route.path), -conditions, route.path, route.group)
 
 
 # ---- Host association and Listener binding --------------------------------------------

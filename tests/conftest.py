@@ -1,0 +1,181 @@
+"""Fixtures that run real processes: the test upstream and `edge serve`, on free ports."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+UPSTREAM = ROOT / "tests" / "upstream.py"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Upstream:
+    def __init__(self, name: str):
+        self.proc = subprocess.Popen([sys.executable, str(UPSTREAM), "--name", name],
+                                     stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        assert line.startswith("PORT "), line
+        self.port = int(line.split()[1])
+        self.service = f"127.0.0.1:{self.port}"
+
+    def stop(self):
+        self.proc.kill()
+        self.proc.wait()
+        self.proc.stdout.close()
+
+
+@pytest.fixture
+def upstream():
+    up = Upstream("a")
+    yield up
+    up.stop()
+
+
+@pytest.fixture
+def upstream_b():
+    up = Upstream("b")
+    yield up
+    up.stop()
+
+
+def listener_yaml(port: int) -> str:
+    return f"""
+apiVersion: getambassador.io/v3alpha1
+kind: Listener
+metadata: {{name: http}}
+spec: {{port: {port}, protocol: HTTP, securityModel: XFP, hostBinding: {{namespace: {{from: ALL}}}}}}
+"""
+
+
+class Edge:
+    """A running `edge serve` (supervisor + workers) on free ports."""
+
+    def __init__(self, config_dir: Path, workers: int = 2, extra_args: tuple = (), env: dict | None = None):
+        self.dir = config_dir
+        self.port = free_port()
+        self.admin_port = free_port()
+        self.workers = workers
+        (config_dir / "00-listener.yaml").write_text(listener_yaml(self.port))
+        self.log = open(config_dir.parent / f"edge-{self.port}.log", "w+")
+        args = [sys.executable, "-m", "edge", "serve", "-c", str(config_dir), "--workers", str(workers),
+                "--admin-addr", f"127.0.0.1:{self.admin_port}", "--dns-refresh", "1", *extra_args]
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, **(env or {})}, cwd=ROOT)
+        self.wait_ready()
+
+    def write(self, name: str, text: str) -> None:
+        """Replace a config file atomically, as editors and kubectl-style tools do."""
+        tmp = self.dir / f".{name}.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, self.dir / name)
+
+    def admin(self, path: str):
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}{path}", timeout=5) as r:
+            return r.status, r.read()
+
+    def config(self) -> dict:
+        return json.loads(self.admin("/edge/v1/config")[1])
+
+    def wait_ready(self, timeout: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.output()
+            try:
+                if self.admin("/ambassador/v0/check_ready")[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError("edge not ready:\n" + self.output())
+
+    def wait_generation(self, generation: int, timeout: float = 5.0) -> float:
+        """Seconds until every worker serves `generation` (or later)."""
+        start = time.monotonic()
+        while time.monotonic() - start < timeout:
+            workers = self.config()["workers"]
+            if all(w["generation"] is not None and w["generation"] >= generation for w in workers):
+                return time.monotonic() - start
+            time.sleep(0.01)
+        raise AssertionError(f"workers did not load generation {generation}: {self.config()['workers']}")
+
+    def worker_pids(self) -> list[int]:
+        return [w["pid"] for w in self.config()["workers"]]
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def output(self) -> str:
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read()[-5000:]
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def make_edge(tmp_path):
+    started = []
+
+    def start(files: dict[str, str], workers: int = 2, extra_args: tuple = (), env: dict | None = None) -> Edge:
+        config = tmp_path / f"config{len(started)}"
+        config.mkdir()
+        for name, text in files.items():
+            (config / name).write_text(text)
+        edge = Edge(config, workers, extra_args, env)
+        started.append(edge)
+        return edge
+
+    yield start
+    for edge in started:
+        edge.stop()
+
+
+def resource(kind: str, name: str, spec: dict, labels: dict | None = None, namespace: str | None = None) -> str:
+    """One object as a YAML document (JSON is YAML)."""
+    meta = {"name": name, **({"labels": labels} if labels else {}), **({"namespace": namespace} if namespace else {})}
+    return "---\n" + json.dumps({"apiVersion": "getambassador.io/v3alpha1", "kind": kind,
+                                  "metadata": meta, "spec": spec}) + "\n"
+
+
+def mapping(name: str, service: str, prefix: str = "/", labels: dict | None = None, **spec) -> str:
+    return resource("Mapping", name, {"prefix": prefix, "service": service, **spec}, labels)
+
+
+def raw_exchange(port: int, data: bytes, timeout: float = 5.0) -> bytes:
+    """Send raw bytes, read until the server closes (or `timeout`)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(data)
+        chunks = []
+        try:
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        except socket.timeout:
+            pass
+        return b"".join(chunks)
