@@ -4,7 +4,7 @@
 
 Paths:  /bytes/N (N bytes, Content-Length)   /chunked/N (chunked, with a trailer)
         /status/N   /delay/MS   /close (close-delimited body)   /upload (body size + sha256)
-        anything else: JSON echo of method, path, headers and body size.
+        anything else: JSON echo of method, path, headers, body size and requests served.
 Every response carries x-upstream: NAME.
 """
 
@@ -72,7 +72,11 @@ async def read_body(stream, conn):
             return size, digest.hexdigest(), trailers
 
 
+SERVED = [0]
+
+
 async def respond(stream, conn, req: h11.Request, name: str) -> None:
+    SERVED[0] += 1
     path = req.target.decode()
     parts = path.split("?")[0].strip("/").split("/")
     size, sha, trailers = await read_body(stream, conn)
@@ -107,7 +111,7 @@ async def respond(stream, conn, req: h11.Request, name: str) -> None:
     echo = {
         "method": req.method.decode(), "path": path, "upstream": name,
         "headers": [[n.decode(), v.decode()] for n, v in req.headers],
-        "body_size": size, "body_sha256": sha, "trailers": trailers,
+        "body_size": size, "body_sha256": sha, "trailers": trailers, "served": SERVED[0],
     }
     body = json.dumps(echo).encode() if status not in (204, 304) else b""
     headers = base + [("content-type", "application/json"), ("server", "upstream"),

@@ -63,6 +63,7 @@ class Supervisor:
         self.diagnostics: list[Diagnostic] = []
         self.resolved: dict[str, tuple[str, ...]] = {}
         self.failed_dns: list[str] = []
+        self.dns_diagnostics: list[Diagnostic] = []
         self.compile_count = 0
         self.last_apply_ms = 0.0
         self.stopping = trio.Event()
@@ -98,7 +99,8 @@ class Supervisor:
         dns_diags = tuple(Diagnostic("warning", "dns", "Cluster", "", c.name, "service",
                                      f"cannot resolve {c.host}; requests get 503 until it resolves")
                           for c in table.clusters if not c.endpoints)
-        table = replace(table, diagnostics=tuple(self.diagnostics) + dns_diags)
+        self.dns_diagnostics = list(dns_diags)
+        table = replace(table, diagnostics=tuple(self.all_diagnostics()))
         published = self.publisher.publish(table)
         if published is not None:
             log.info("published table generation %d (%s, %d bytes)", published.generation,
@@ -161,6 +163,9 @@ class Supervisor:
                 else:
                     self.stopping.set()
 
+    def all_diagnostics(self) -> list[Diagnostic]:
+        return self.diagnostics + self.dns_diagnostics
+
     # ---- admin view ----
     def ready(self) -> tuple[bool, str]:
         current = self.publisher.current
@@ -177,7 +182,7 @@ class Supervisor:
             "generation": current.generation if current else 0,
             "publish_time": current.publish_time if current else None,
             "table_bytes": current.size if current else 0,
-            "diagnostics": [asdict(d) for d in self.diagnostics],
+            "diagnostics": [asdict(d) for d in self.all_diagnostics()],
             "workers": self.arbiter.workers(),
             "listeners": {str(p): "listening" for p in self.arbiter.sockets} | {
                 str(p): f"bind failed: {e}" for p, e in self.arbiter.bind_errors.items()},
@@ -192,7 +197,7 @@ class Supervisor:
             "generation": current.generation if current else 0,
             "resources": [{"kind": o.kind, "namespace": o.namespace, "name": o.name, "source": o.source}
                           for o in objects],
-            "errors": [asdict(d) for d in self.diagnostics],
+            "errors": [asdict(d) for d in self.all_diagnostics()],
             "routes": len(self.compiled.routes) if self.compiled else 0,
         }
 
