@@ -1,0 +1,138 @@
+"""Supervisor and workers as processes: reloads, worker death, accept queues, drain."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+import time
+
+import httpx
+import pytest
+
+from tests.conftest import mapping
+
+pytestmark = pytest.mark.integration
+
+
+def test_config_edit_served_by_every_worker_within_1s(make_edge, upstream):
+    edge = make_edge({"m.yaml": mapping("m", upstream.service, "/old/")})
+    generation = edge.config()["generation"]
+    written = time.monotonic()
+    edge.write("m.yaml", mapping("m", upstream.service, "/new/"))
+    edge.wait_generation(generation + 1, timeout=1.0)
+    assert time.monotonic() - written < 1.0
+    # fresh connections land on both workers; every one sees the new route
+    statuses = {httpx.get(edge.url("/new/"), headers={"connection": "close"}).status_code for _ in range(20)}
+    assert statuses == {200}
+    assert httpx.get(edge.url("/old/")).status_code == 404
+
+
+def test_sighup_forces_a_reread(make_edge, upstream):
+    edge = make_edge({"m.yaml": mapping("m", upstream.service, "/aaa/")})
+    path = edge.dir / "m.yaml"
+    stat = os.stat(path)
+    generation = edge.config()["generation"]
+    # same size, same mtime, same inode: invisible to the watcher's poll
+    with open(path, "r+") as f:
+        text = f.read()
+        f.seek(0)
+        f.write(text.replace("/aaa/", "/bbb/"))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    time.sleep(0.5)
+    assert edge.config()["generation"] == generation
+    edge.proc.send_signal(signal.SIGHUP)
+    edge.wait_generation(generation + 1, timeout=2.0)
+    assert httpx.get(edge.url("/bbb/")).status_code == 200
+
+
+def _load(edge, stop: threading.Event, results: list):
+    with httpx.Client(base_url=edge.url(""), timeout=5) as c:
+        while not stop.is_set():
+            try:
+                results.append(c.get("/m/").status_code)
+            except httpx.HTTPError as exc:
+                results.append(type(exc).__name__)
+
+
+def test_kill_9_worker_is_replaced_and_its_queue_is_served(make_edge, upstream):
+    edge = make_edge({"m.yaml": mapping("m", upstream.service, "/m/")})
+    victim_slot, victim = 0, edge.worker_pids()[0]
+    survivor = edge.worker_pids()[1]
+    stop, results = threading.Event(), []
+    loaders = [threading.Thread(target=_load, args=(edge, stop, results)) for _ in range(2)]
+    for t in loaders:
+        t.start()
+    time.sleep(0.3)
+    # Freeze the victim so connections pile up in its socket's accept queue, then kill it.
+    os.kill(victim, signal.SIGSTOP)
+    queued = []
+    for _ in range(16):
+        s = socket.create_connection(("127.0.0.1", edge.port), timeout=10)
+        s.sendall(b"GET /m/queued HTTP/1.1\r\nHost: q\r\nConnection: close\r\n\r\n")
+        queued.append(s)
+    os.kill(victim, signal.SIGKILL)
+    killed = time.monotonic()
+    while True:
+        workers = edge.config()["workers"]
+        pid = workers[victim_slot]["pid"]
+        if pid not in (None, victim) and workers[victim_slot]["generation"]:
+            break
+        assert time.monotonic() - killed < 1.0, workers
+        time.sleep(0.02)
+    replaced_in = time.monotonic() - killed
+    answers = []
+    for s in queued:
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+        s.close()
+        answers.append(data[:12])
+    stop.set()
+    for t in loaders:
+        t.join()
+    assert replaced_in < 1.0
+    assert answers == [b"HTTP/1.1 200"] * 16, answers
+    assert edge.worker_pids()[1] == survivor
+    failures = [r for r in results if r != 200]
+    # only requests in flight on the killed worker may fail: at most one per client thread
+    assert len(failures) <= len(loaders), failures
+    assert results.count(200) > 50
+
+
+def test_sigterm_drains_in_flight_requests(make_edge, upstream):
+    edge = make_edge({"m.yaml": mapping("m", upstream.service, "/m/", timeout_ms=5000)})
+    results = []
+
+    def slow():
+        results.append(httpx.get(edge.url("/m/delay/1500"), timeout=10).status_code)
+
+    threads = [threading.Thread(target=slow) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(0.4)
+    edge.proc.send_signal(signal.SIGTERM)
+    for t in threads:
+        t.join()
+    assert edge.proc.wait(timeout=10) == 0
+    assert results == [200] * 4
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(edge.url("/m/"), timeout=2)
+
+
+def test_worker_crash_loop_backs_off(make_edge, upstream):
+    edge = make_edge({"m.yaml": mapping("m", upstream.service, "/m/")}, workers=1)
+    pids = set()
+    for _ in range(3):
+        pid = edge.worker_pids()[0]
+        pids.add(pid)
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while edge.worker_pids()[0] in (pid, None):
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+    workers = edge.config()["workers"]
+    assert workers[0]["restarts"] == 3 and len(pids) == 3
+    assert httpx.get(edge.url("/m/")).status_code == 200
+    assert "restart in 0.4s" in edge.output()  # 0.1, 0.2, 0.4: exponential, not a tight loop
