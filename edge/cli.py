@@ -48,8 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def check(paths: list[str], ambassador_id: str, namespace: str, out=sys.stdout) -> int:
+def check(paths: list[str], ambassador_id: str, namespace: str, out=None) -> int:
     """Print diagnostics; 1 if any object is invalid (or a file unreadable), else 0."""
+    out = out or sys.stdout
     snapshot = files.load(paths, namespace)
     table, diags = compiler.compile(snapshot.objects, compiler.CompileOptions(ambassador_id=ambassador_id))
     all_diags = list(snapshot.diagnostics) + diags

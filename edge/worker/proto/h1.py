@@ -224,6 +224,7 @@ class ResponseParser:
         self._head_bytes = 0
         self._reason = b""
         self._skip = False
+        self._informational = False
         self.close_delimited = False
         self.in_message = False
 
@@ -261,6 +262,7 @@ class ResponseParser:
         self._reason = b""
         self.events.append(resp)
         if 100 <= status < 200:
+            self._informational = True  # its message end is not the response's end
             return
         if self._no_body:
             self._no_body = False
@@ -276,6 +278,9 @@ class ResponseParser:
 
     def on_message_complete(self):
         if self._skip:
+            return
+        if self._informational:
+            self._informational = False
             return
         self.in_message = False
         self.events.append(End(self._trailers))

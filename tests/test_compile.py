@@ -1,0 +1,111 @@
+"""The compiler, table-driven: Emissary semantics and per-object diagnostics."""
+
+from __future__ import annotations
+
+import pytest
+
+from edge.resources.base import RawObject
+from edge.supervisor.compile import CompileOptions, canary_weights, compile, hostglob_matches
+
+
+def obj(kind, name, spec, labels=None, ns="default", source="f.yaml"):
+    return RawObject(kind, ns, name, source, spec, labels or {})
+
+
+def m(name, prefix="/", service="10.0.0.1:8080", **spec):
+    return obj("Mapping", name, {"prefix": prefix, "service": service, **spec})
+
+
+@pytest.mark.parametrize("weights, expected", [
+    ([None], [100]),
+    ([None, None], [50, 100]),
+    ([20, None], [20, 100]),
+    ([30, None, None], [30, 65, 100]),
+    ([50, 50], [50, 100]),
+    ([60, 50], None),
+    ([10, 10], [50, 100]),  # given weights under 100 are scaled
+])
+def test_canary_weights(weights, expected):
+    assert canary_weights(weights) == expected
+
+
+@pytest.mark.parametrize("a, b, ok", [
+    ("*", "x.com", True), ("x.com", "x.com", True), ("*.x.com", "a.x.com", True),
+    ("*.x.com", "x.org", False), ("a.*", "a.b", True), ("*.x.com", "*.com", True), ("a.com", "b.com", False),
+])
+def test_hostglob(a, b, ok):
+    assert hostglob_matches(a, b) is ok
+
+
+def test_defaults_order_and_rewrite():
+    table, diags = compile([m("short", "/a/"), m("long", "/a/b/"), m("prec", "/z/", precedence=5),
+                            m("keep", "/k/", rewrite="")])
+    assert diags == []
+    assert [r.path for r in table.routes] == ["/z/", "/a/b/", "/a/", "/k/"]
+    assert table.routes[2].targets[0].rewrite == "/" and table.routes[3].targets[0].rewrite is None
+    assert table.routes[0].targets[0].timeout_ms == 3000
+    assert [lst.port for lst in table.listeners] == [8080]  # Emissary's default listener
+
+
+@pytest.mark.parametrize("spec, field, words", [
+    ({"service": "a"}, "spec.prefix", "required"),
+    ({"prefix": "/a"}, "spec.service", "required"),
+    ({"prefix": "/(", "prefix_regex": True, "service": "a"}, "spec.prefix", "regular expression"),
+    ({"prefix": "a", "service": "a"}, "spec.prefix", "start with"),
+    ({"prefix": "/a", "service": "a", "timeout_ms": "soon"}, "spec.timeout_ms", "integer"),
+    ({"prefix": "/a", "service": "a", "weight": 101}, "spec.weight", "at most 100"),
+    ({"prefix": "/a", "service": "https://a"}, "spec.service", "scheme"),
+    ({"prefix": "/a", "service": "a:99999"}, "spec.service", "bad port"),
+    ({"prefix": "/a", "service": "a", "headers": ["x"]}, "spec.headers", "mapping"),
+    ({"prefix": "/a", "service": "a", "regex_headers": {"x": "("}}, "spec.regex_headers.x", "regular expression"),
+])
+def test_invalid_mappings_are_dropped_with_a_diagnostic(spec, field, words):
+    table, diags = compile([obj("Mapping", "bad", spec), m("good", "/good/")])
+    errors = [d for d in diags if d.severity == "error"]
+    assert len(errors) == 1
+    d = errors[0]
+    assert (d.kind, d.namespace, d.name, d.field, d.source) == ("Mapping", "default", "bad", field, "f.yaml")
+    assert words in d.message
+    assert [r.path for r in table.routes] == ["/good/"]
+
+
+def test_ambassador_id_and_duplicates():
+    table, diags = compile([m("a", "/a/", ambassador_id="other"), m("b", "/b/", ambassador_id=["x", "mine"]),
+                            obj("Mapping", "b", {"prefix": "/dup/", "service": "a", "ambassador_id": "mine"}, source="g.yaml")],
+                           CompileOptions(ambassador_id="mine"))
+    assert [r.path for r in table.routes] == ["/b/"]
+    assert any(d.name == "b" and "duplicate" in d.message for d in diags)
+
+
+def test_listener_and_module_validation():
+    table, diags = compile([
+        obj("Listener", "l1", {"port": 8081, "protocol": "HTTP", "securityModel": "XFP"}),
+        obj("Listener", "l2", {"port": 8081, "protocol": "HTTP", "securityModel": "XFP"}),
+        obj("Listener", "l3", {"port": 8082, "protocol": "HTTP", "securityModel": "NOPE"}),
+        obj("Module", "ambassador", {"config": {"max_request_headers_kb": "lots"}}),
+    ])
+    fields = {(d.name, d.field) for d in diags if d.severity == "error"}
+    assert fields == {("l2", "spec.port"), ("l3", "spec.securityModel"), ("ambassador", "spec.config.max_request_headers_kb")}
+    assert [lst.port for lst in table.listeners] == [8081]
+
+
+def test_host_association_and_listener_binding():
+    table, _ = compile([
+        obj("Host", "h1", {"hostname": "a.com"}, ns="team1"),
+        obj("Host", "h2", {"hostname": "*", "mappingSelector": {"matchLabels": {"app": "x"}}}, ns="team2"),
+        obj("Listener", "l", {"port": 8080, "protocol": "HTTP", "securityModel": "XFP",
+                              "hostBinding": {"namespace": {"from": "SELF"}}}, ns="team1"),
+        m("plain", "/p/"),
+        obj("Mapping", "labelled", {"prefix": "/l/", "service": "a"}, labels={"app": "x"}),
+        m("other-host", "/o/", hostname="b.com"),
+    ])
+    vh = {v.name: [table.routes[i].path for i in v.routes] for v in table.virtual_hosts}
+    assert sorted(vh["team1/h1"]) == ["/l/", "/p/"]
+    assert vh["team2/h2"] == ["/l/"]
+    listener = table.listeners[0]
+    assert [table.virtual_hosts[i].name for i in listener.hosts] == ["team1/h1"]
+
+
+def test_same_input_same_table():
+    objs = [m(f"m{i}", f"/p{i}/") for i in range(20)]
+    assert compile(objs)[0] == compile(list(reversed(objs)))[0]
