@@ -279,6 +279,8 @@ class ClientConnection:
         events = parser.events
         if req.method == b"HEAD":
             parser.expect_no_body()
+        # idle_timeout_ms bounds each wait for upstream bytes (0 disables it)
+        idle = target.target.idle_timeout_ms / 1000 if target.target.idle_timeout_ms else math.inf
         to_chunked = False
         close_client = False
         keep_upstream = False
@@ -289,7 +291,12 @@ class ClientConnection:
                     await net.send_all(self.sock, b"".join(out))
                     out = []
                 try:
-                    n = await net.recv_into(up.sock, state.read_buf)
+                    with trio.move_on_after(idle) as idle_scope:
+                        n = await net.recv_into(up.sock, state.read_buf)
+                    if idle_scope.cancelled_caught:
+                        if self.response_started:
+                            raise _Abort()
+                        raise _UpstreamFailed(504, "upstream idle timeout")
                     if n == 0:
                         parser.feed_eof()
                     else:

@@ -21,6 +21,7 @@ def edge(make_edge, upstream):
         mapping("up", upstream.service, "/up/"),
         mapping("slow", upstream.service, "/slow/", timeout_ms=300),
         mapping("stream", upstream.service, "/stream/", timeout_ms=0),
+        mapping("idle", upstream.service, "/idle/", timeout_ms=5000, idle_timeout_ms=200),
         mapping("refused", f"127.0.0.1:{free_port()}", "/refused/"),
         mapping("nodns", "no-such-host.invalid", "/nodns/"),
     ])}
@@ -37,6 +38,8 @@ def test_error_statuses(edge):
         r = c.get("/slow/delay/1000")
         assert r.status_code == 504 and r.text == "upstream request timeout"
         assert c.get("/slow/delay/10").status_code == 200
+        r = c.get("/idle/delay/1000")
+        assert r.status_code == 504 and r.text == "upstream idle timeout"
     diag = edge.config()["diagnostics"]
     assert any("no-such-host.invalid" in d["message"] for d in diag)
 
