@@ -8,8 +8,7 @@ import pytest
 
 from edge.model import HeaderOp, Target
 from edge.worker.proto.h1 import ClientError
-from edge.worker.proxy import normalize_path, request_head, response_head, rewrite_path, split_target
-from edge.worker.router import CompiledTarget
+from edge.worker.proxy import header_rules, normalize_path, request_head, response_head, rewrite_path, split_target
 
 
 @pytest.mark.parametrize("raw, merge, expected", [
@@ -34,12 +33,12 @@ def test_rewrite():
     assert rewrite_path("/a/b", 3, "/x/", re.compile("/a/(.*)"), r"/z/\1") == "/z/b"
 
 
-def _target(**kw):
+def _rules(**kw):
     base = dict(mapping="default/m", cluster="c", weight=100, rewrite="/", regex_rewrite_pattern=None,
                 regex_rewrite_substitution="", host_rewrite=None, add_request_headers=(), add_response_headers=(),
                 remove_request_headers=(), remove_response_headers=(), timeout_ms=3000, idle_timeout_ms=0)
     base.update(kw)
-    return CompiledTarget(Target(**base), 100, None)
+    return header_rules(Target(**base))
 
 
 def test_request_head_hop_by_hop_and_forwarding():
@@ -47,7 +46,7 @@ def test_request_head_hop_by_hop_and_forwarding():
                                               (b"x-private", b"p"), (b"te", b"trailers"), (b"x-forwarded-for", b"1.2.3.4"),
                                               (b"x-forwarded-proto", b"https"), (b"x-request-id", b"r")],
                         client_ip="127.0.0.9", xfp=b"http", trust_xff=False, original_path="/api/x?q=1",
-                        target=_target(add_request_headers=(HeaderOp("x-a", "1", True),)),
+                        rules=_rules(add_request_headers=(HeaderOp("x-a", "1", True),)),
                         suppress_envoy=False, chunked=False, content_length=None)
     assert head.startswith(b"GET /x?q=1 HTTP/1.1\r\nhost: h\r\n")
     for gone in (b"connection:", b"x-private", b"te:"):
@@ -59,7 +58,7 @@ def test_request_head_hop_by_hop_and_forwarding():
 
 def test_response_head():
     head = response_head(200, b"", [(b"server", b"up"), (b"keep-alive", b"t=5"), (b"x-b", b"2"), (b"x-c", b"3")],
-                         target=_target(remove_response_headers=("x-c",), add_response_headers=(HeaderOp("x-b", "9", False),)),
+                         rules=_rules(remove_response_headers=("x-c",), add_response_headers=(HeaderOp("x-b", "9", False),)),
                          server=b"edge", service_time_ms=7, framing=b"content-length: 0\r\n", close=True)
     assert head == (b"HTTP/1.1 200 OK\r\nx-b: 9\r\nserver: edge\r\nx-envoy-upstream-service-time: 7\r\n"
                     b"content-length: 0\r\nconnection: close\r\n\r\n")

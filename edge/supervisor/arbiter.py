@@ -18,7 +18,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import trio
 
@@ -42,7 +42,6 @@ class Slot:
     beat: int = -1
     beat_seen: float = 0.0
     restarts: int = 0
-    exits: list = field(default_factory=list)
 
 
 def open_listener(address: str, port: int) -> socket.socket:
@@ -95,7 +94,10 @@ class Arbiter:
         if slot.ctrl is None:
             return
         try:
-            socket.send_fds(slot.ctrl, [msg], list(fds)) if fds else slot.ctrl.send(msg)
+            if fds:
+                socket.send_fds(slot.ctrl, [msg], list(fds))
+            else:
+                slot.ctrl.send(msg)
         except (BlockingIOError, BrokenPipeError, ConnectionResetError):
             pass  # a wake-up already queued is enough; a dead worker gets reaped
 
@@ -134,8 +136,6 @@ class Arbiter:
                 continue
             code, pid = slot.proc.returncode, slot.proc.pid
             lived = now - slot.started
-            slot.exits.append(code)
-            del slot.exits[:-10]
             slot.proc = None
             if self.stopping:
                 continue

@@ -86,11 +86,7 @@ class ClientConnection:
             req = await self._read_head()
             if req is None:
                 return
-            self.state.in_flight += 1
-            try:
-                keep = await self._exchange(req)
-            finally:
-                self.state.in_flight -= 1
+            keep = await self._exchange(req)
             if not keep or self.state.draining:
                 return
 
@@ -140,8 +136,8 @@ class ClientConnection:
                 raise AssertionError(f"expected the end of a bodiless request, got {end!r}")
         return event
 
-    async def _local(self, status: int, body: bytes, close: bool, extra: tuple = ()) -> None:
-        await net.send_all(self.sock, simple_response(status, body, self.server, close, extra))
+    async def _local(self, status: int, body: bytes, close: bool) -> None:
+        await net.send_all(self.sock, simple_response(status, body, self.server, close))
 
     async def _exchange(self, req: Request) -> bool:
         """Answer one request; True if the connection can carry another."""
@@ -178,7 +174,7 @@ class ClientConnection:
         head = request_head(
             req.method, new_path, query, req.headers, client_ip=self.peer, xfp=b"http",
             trust_xff=listener.l7_depth > 0 or settings.xff_num_trusted_hops > 0,
-            original_path=original, target=target, suppress_envoy=settings.suppress_envoy_headers,
+            original_path=original, rules=target.headers, suppress_envoy=settings.suppress_envoy_headers,
             chunked=req.chunked, content_length=req.content_length)
         deadline = trio.current_time() + t.timeout_ms / 1000 if t.timeout_ms else math.inf
         attempts = 2
@@ -319,16 +315,17 @@ class ClientConnection:
                 if event.informational:
                     continue  # we answered Expect ourselves; other 1xx are not relayed
                 settings = state.router.settings
-                framing, to_chunked, close_delimited = self._framing(req, event, parser)
+                framing, to_chunked, close_delimited = self._framing(req, event)
                 close_client = not req.keep_alive or close_delimited or state.draining
                 keep_upstream = event.keep_alive
                 service_ms = None if settings.suppress_envoy_headers else int((time.monotonic() - sent_at) * 1000)
-                out.append(response_head(event.status, event.reason, event.headers, target=target,
+                out.append(response_head(event.status, event.reason, event.headers, rules=target.headers,
                                          server=self.server, service_time_ms=service_ms,
                                          framing=framing, close=close_client))
                 self.response_started = True
 
-    def _framing(self, req: Request, resp: Response, parser) -> tuple[bytes, bool, bool]:
+    @staticmethod
+    def _framing(req: Request, resp: Response) -> tuple[bytes, bool, bool]:
         """(framing header line, re-chunk the body?, close to end the body?)"""
         if req.method == b"HEAD" or resp.status == 304:
             for name, value in resp.headers:

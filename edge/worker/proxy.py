@@ -6,7 +6,9 @@ Nothing here touches a socket; conn.py calls these with parsed requests and resp
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 
+from edge.model import Target
 from edge.worker.proto.h1 import REASONS, ClientError
 
 # RFC 7230 hop-by-hop headers, never forwarded (plus any named in Connection).
@@ -94,7 +96,37 @@ def rewrite_path(path: str, matched: int, rewrite: str | None, regex_rewrite, su
     return rewrite + path[matched:]
 
 
+@dataclass(frozen=True, slots=True)
+class HeaderRules:
+    """A target's header edits, prepared once per table generation (not per request)."""
+
+    request_drop: frozenset  # names never forwarded upstream (besides Connection's tokens)
+    request_add: bytes  # rendered header lines
+    host_rewrite: bytes | None
+    response_drop: frozenset
+    response_add: bytes
+
+
+def header_rules(t: Target) -> HeaderRules:
+    def rendered(ops) -> bytes:
+        return b"".join(b"%b: %b\r\n" % (op.name.encode(), op.value.encode()) for op in ops)
+
+    def replaced(ops) -> set:
+        return {op.name.lower().encode() for op in ops if not op.append}
+
+    return HeaderRules(
+        request_drop=HOP_BY_HOP | {n.encode() for n in t.remove_request_headers}
+        | replaced(t.add_request_headers) | {b"content-length", b"expect"},
+        request_add=rendered(t.add_request_headers),
+        host_rewrite=t.host_rewrite.encode() if t.host_rewrite else None,
+        response_drop=HOP_BY_HOP | {n.encode() for n in t.remove_response_headers}
+        | replaced(t.add_response_headers) | {b"content-length", b"server"},
+        response_add=rendered(t.add_response_headers),
+    )
+
+
 def connection_tokens(headers: list) -> frozenset:
+    """Header names listed in Connection (hop-by-hop for this message only)."""
     tokens = set()
     for name, value in headers:
         if name == b"connection":
@@ -102,22 +134,22 @@ def connection_tokens(headers: list) -> frozenset:
     return frozenset(tokens)
 
 
+def _dropped(base: frozenset, headers: list) -> frozenset:
+    tokens = connection_tokens(headers)
+    return base | tokens if tokens else base
+
+
 def request_head(method: bytes, path: str, query: str, headers: list, *, client_ip: str,
-                 xfp: bytes, trust_xff: bool, original_path: str | None, target,
+                 xfp: bytes, trust_xff: bool, original_path: str | None, rules: HeaderRules,
                  suppress_envoy: bool, chunked: bool, content_length: int | None) -> bytes:
     """The upstream request head (HTTP/1.1, keep-alive) for one target of a route."""
-    t = target.target
-    drop = HOP_BY_HOP | connection_tokens(headers)
-    removed = {n.encode() for n in t.remove_request_headers}
-    replaced = {op.name.lower().encode() for op in t.add_request_headers if not op.append}
-    host_rewrite = t.host_rewrite.encode() if t.host_rewrite else None
+    drop = _dropped(rules.request_drop, headers)
+    host_rewrite = rules.host_rewrite
     lines = [b"%b %b HTTP/1.1\r\n" % (method, (path + ("?" + query if query else "")).encode())]
     has_xrid = False
     xff = None
     for name, value in headers:
-        if name in drop or name in removed or name in replaced:
-            continue
-        if name == b"content-length" or name == b"expect":
+        if name in drop:
             continue
         if name == b"x-forwarded-for":
             xff = value if xff is None else xff + b", " + value
@@ -137,8 +169,7 @@ def request_head(method: bytes, path: str, query: str, headers: list, *, client_
         lines.append(b"x-request-id: %b\r\n" % str(uuid.uuid4()).encode())
     if original_path is not None and not suppress_envoy:
         lines.append(b"x-envoy-original-path: %b\r\n" % original_path.encode())
-    for op in t.add_request_headers:
-        lines.append(b"%b: %b\r\n" % (op.name.encode(), op.value.encode()))
+    lines.append(rules.request_add)
     if chunked:
         lines.append(b"transfer-encoding: chunked\r\n")
     elif content_length is not None:
@@ -147,21 +178,16 @@ def request_head(method: bytes, path: str, query: str, headers: list, *, client_
     return b"".join(lines)
 
 
-def response_head(status: int, reason: bytes, headers: list, *, target, server: bytes,
+def response_head(status: int, reason: bytes, headers: list, *, rules: HeaderRules, server: bytes,
                   service_time_ms: int | None, framing: bytes, close: bool) -> bytes:
     """The head sent to the client. `framing` is the content-length/transfer-encoding
     line (or b"") chosen by the caller; `service_time_ms` None omits the envoy header."""
-    t = target.target
-    drop = HOP_BY_HOP | connection_tokens(headers)
-    removed = {n.encode() for n in t.remove_response_headers}
-    replaced = {op.name.lower().encode() for op in t.add_response_headers if not op.append}
+    drop = _dropped(rules.response_drop, headers)
     lines = [b"HTTP/1.1 %d %b\r\n" % (status, REASONS.get(status) or reason or b"Unknown")]
     for name, value in headers:
-        if name in drop or name in removed or name in replaced or name == b"content-length" or name == b"server":
-            continue
-        lines.append(b"%b: %b\r\n" % (name, value))
-    for op in t.add_response_headers:
-        lines.append(b"%b: %b\r\n" % (op.name.encode(), op.value.encode()))
+        if name not in drop:
+            lines.append(b"%b: %b\r\n" % (name, value))
+    lines.append(rules.response_add)
     lines.append(b"server: %b\r\n" % server)
     if service_time_ms is not None:
         lines.append(b"x-envoy-upstream-service-time: %d\r\n" % service_time_ms)

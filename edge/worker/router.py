@@ -12,13 +12,14 @@ from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
 from edge.model import Cluster, ListenerSpec, Route, RouteTable, Target
+from edge.worker.proxy import HeaderRules, header_rules
 
 
 @dataclass(frozen=True, slots=True)
 class CompiledTarget:
     target: Target
-    weight: int
     regex_rewrite: re.Pattern | None
+    headers: HeaderRules
 
 
 class CompiledRoute:
@@ -46,8 +47,8 @@ class CompiledRoute:
         self.headers = tuple((m.name.encode(), m.value, re.compile(m.value) if m.regex else None)
                              for m in route.headers)
         self.query = tuple((m.name, m.value, re.compile(m.value) if m.regex else None) for m in route.query)
-        self.targets = tuple(CompiledTarget(t, t.weight, re.compile(t.regex_rewrite_pattern)
-                                            if t.regex_rewrite_pattern else None) for t in route.targets)
+        self.targets = tuple(CompiledTarget(t, re.compile(t.regex_rewrite_pattern) if t.regex_rewrite_pattern else None,
+                                            header_rules(t)) for t in route.targets)
 
     def match_path(self, path: str) -> int:
         """Length of the matched path prefix, or -1."""
@@ -56,9 +57,8 @@ class CompiledRoute:
             return len(self.path) if p.startswith(self.path) else -1
         if self.kind == "exact":
             return len(p) if p == self.path else -1
-        m = self.regex.match(path)
         # Envoy's safe_regex on a prefix route must match the whole path
-        return m.end() if m and m.end() == len(path) else -1
+        return len(path) if self.regex.fullmatch(path) else -1
 
     def match_host(self, host: str) -> bool:
         kind = self.host_kind
@@ -204,6 +204,6 @@ def _match_all(matchers: tuple, values: dict) -> bool:
 def pick_target(route: CompiledRoute, roll: int) -> CompiledTarget:
     """The canary target for `roll` in [0, 100)."""
     for t in route.targets:
-        if roll < t.weight:
+        if roll < t.target.weight:
             return t
     return route.targets[-1]

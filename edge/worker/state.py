@@ -26,7 +26,6 @@ class WorkerState:
         self.idle_scopes: set[trio.CancelScope] = set()
         self.requests = 0
         self.active = 0
-        self.in_flight = 0
         self.internal_errors = 0
         self.client_errors = 0
         self.upstream_errors = 0

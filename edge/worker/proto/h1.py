@@ -325,12 +325,11 @@ def last_chunk(trailers: list) -> bytes:
 REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 
 
-def simple_response(status: int, body: bytes, server: bytes, close: bool, extra: tuple = ()) -> bytes:
+def simple_response(status: int, body: bytes, server: bytes, close: bool) -> bytes:
     """A complete locally generated response (errors and 404s)."""
     head = [b"HTTP/1.1 %d %b\r\n" % (status, REASONS.get(status, b"Unknown")),
             b"content-length: %d\r\n" % len(body), b"content-type: text/plain\r\n",
             b"server: %b\r\n" % server]
-    head.extend(b"%b: %b\r\n" % (n, v) for n, v in extra)
     if close:
         head.append(b"connection: close\r\n")
     head.append(b"\r\n")
