@@ -199,6 +199,8 @@ STAT_FIELDS = (
     "table_load_failures",
     "internal_errors",
     "draining",
+    "client_errors",  # 4xx we answered ourselves
+    "upstream_errors",  # 502/503/504
 )
 _CELL_SIZE = 8 * 16
 _STATS_HEAD = struct.Struct("<8sII")

@@ -54,6 +54,18 @@ def test_hostile_requests(data, status):
     assert err.value.status == status
 
 
+def test_an_endless_header_line_is_bounded():
+    p = RequestParser(2048)
+    p.feed(b"GET / HTTP/1.1\r\nHost: x\r\nX-Endless: ")
+    fed = 0
+    with pytest.raises(ClientError) as err:
+        while fed < 1 << 20:
+            p.feed(b"a" * 1000)
+            fed += 1000
+    assert err.value.status == 431
+    assert fed <= 2048 + 64 * 1024
+
+
 def test_response_framing_head_and_eof():
     p = ResponseParser()
     p.expect_no_body()

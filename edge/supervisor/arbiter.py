@@ -188,6 +188,8 @@ class Arbiter:
             out.append({"slot": slot.index, "pid": slot.proc.pid if alive else None,
                         "generation": cell["generation"] if alive else None,
                         "requests": cell["requests"], "active_connections": cell["active_connections"],
+                        "internal_errors": cell["internal_errors"], "client_errors": cell["client_errors"],
+                        "upstream_errors": cell["upstream_errors"],
                         "restarts": slot.restarts, "heartbeat": cell["heartbeat"]})
         return out
 

@@ -212,6 +212,9 @@ class Supervisor:
             "edge_diagnostics_errors": sum(1 for d in self.diagnostics if d.severity == "error"),
             "edge_requests_total": sum(w["requests"] for w in workers),
             "edge_active_connections": sum(w["active_connections"] for w in workers),
+            "edge_internal_errors_total": sum(w["internal_errors"] for w in workers),
+            "edge_client_errors_total": sum(w["client_errors"] for w in workers),
+            "edge_upstream_errors_total": sum(w["upstream_errors"] for w in workers),
             "edge_worker_restarts_total": sum(w["restarts"] for w in workers),
             "edge_last_apply_ms": round(self.last_apply_ms, 3),
         }

@@ -1,7 +1,8 @@
 """One client connection: read requests, route, proxy to the upstream, stream back.
 
 Requests on a keep-alive connection are answered in order (pipelining). Each request takes
-the worker's current Router when its head arrives and keeps it to the end. Whose fault:
+the worker's current Router when its head arrives and keeps it to the end (routes, Module
+settings, the Server header): a keep-alive client sees a new table on its next request. Whose fault:
 ClientError -> 4xx and close; upstream trouble -> 502/503/504; once a response has
 started, any failure closes the connection (there is no way left to report it).
 """
@@ -69,16 +70,15 @@ async def serve_client(state: WorkerState, sock: socket.socket, peer: str, port:
 
 
 class ClientConnection:
-    __slots__ = ("state", "sock", "peer", "port", "parser", "response_started", "server")
+    __slots__ = ("state", "sock", "peer", "port", "parser", "response_started", "router")
 
     def __init__(self, state: WorkerState, sock: socket.socket, peer: str, port: int):
         self.state = state
         self.sock = sock
         self.peer = peer
         self.port = port
-        settings = state.router.settings
-        self.parser = RequestParser(settings.max_request_headers_kb * 1024)
-        self.server = settings.server_name.encode()
+        self.router = state.router
+        self.parser = RequestParser(self.router.max_head)
         self.response_started = False
 
     async def run(self) -> None:
@@ -103,6 +103,8 @@ class ClientConnection:
         """The next request head, or None when the connection should close."""
         state = self.state
         events = self.parser.events
+        self.router = state.router  # errors before the head arrives answer with today's table
+        self.parser.max_head = self.router.max_head
         try:
             while not events:
                 partial = self.parser.in_message
@@ -118,6 +120,7 @@ class ClientConnection:
                         state.idle_scopes.discard(scope)
                 if scope.cancelled_caught:
                     if partial and not state.draining:
+                        state.client_errors += 1
                         await self._local(408, b"request timeout", close=True)
                     return None
                 if not more:
@@ -134,16 +137,17 @@ class ClientConnection:
             end = events.popleft()
             if type(end) is not End:
                 raise AssertionError(f"expected the end of a bodiless request, got {end!r}")
+        self.router = state.router  # the request's table, kept until its response ends
         return event
 
     async def _local(self, status: int, body: bytes, close: bool) -> None:
-        await net.send_all(self.sock, simple_response(status, body, self.server, close))
+        await net.send_all(self.sock, simple_response(status, body, self.router.server, close))
 
     async def _exchange(self, req: Request) -> bool:
         """Answer one request; True if the connection can carry another."""
         state = self.state
         state.requests += 1
-        router = state.router
+        router = self.router
         settings = router.settings
         self.response_started = False
         must_close = not req.keep_alive or req.has_body  # a body we do not read poisons the stream
@@ -182,6 +186,7 @@ class ClientConnection:
             attempts -= 1
             endpoint = state.pool.pick(cluster)
             if endpoint is None:
+                state.upstream_errors += 1
                 await self._local(503, b"no healthy upstream", close=must_close)
                 return not must_close
             with trio.CancelScope(deadline=deadline) as scope:
@@ -314,13 +319,13 @@ class ClientConnection:
             elif kind is Response:
                 if event.informational:
                     continue  # we answered Expect ourselves; other 1xx are not relayed
-                settings = state.router.settings
+                settings = self.router.settings
                 framing, to_chunked, close_delimited = self._framing(req, event)
                 close_client = not req.keep_alive or close_delimited or state.draining
                 keep_upstream = event.keep_alive
                 service_ms = None if settings.suppress_envoy_headers else int((time.monotonic() - sent_at) * 1000)
                 out.append(response_head(event.status, event.reason, event.headers, rules=target.headers,
-                                         server=self.server, service_time_ms=service_ms,
+                                         server=self.router.server, service_time_ms=service_ms,
                                          framing=framing, close=close_client))
                 self.response_started = True
 

@@ -131,6 +131,8 @@ class Worker:
             stats.set(slot, "requests", state.requests)
             stats.set(slot, "active_connections", state.active)
             stats.set(slot, "internal_errors", state.internal_errors)
+            stats.set(slot, "client_errors", state.client_errors)
+            stats.set(slot, "upstream_errors", state.upstream_errors)
             if os.getppid() != self.parent:
                 log.error("supervisor %d is gone; exiting", self.parent)
                 os._exit(1)

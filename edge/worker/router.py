@@ -127,6 +127,8 @@ class Router:
         self.table = table
         self.generation = generation
         self.settings = table.settings
+        self.server = table.settings.server_name.encode()
+        self.max_head = table.settings.max_request_headers_kb * 1024
         self.clusters: dict[str, Cluster] = {c.name: c for c in table.clusters}
         compiled = [CompiledRoute(r) for r in table.routes]
         self.listeners: dict[int, ListenerSpec] = {}

@@ -15,6 +15,17 @@ from tests.conftest import free_port, mapping, raw_exchange
 pytestmark = pytest.mark.integration
 
 
+def wait_metric(edge, name: str, at_least: int, timeout: float = 3.0) -> int:
+    """The metric's value once it reaches `at_least` (workers publish counters every 0.2 s)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = edge.admin("/metrics")[1].decode().splitlines()
+        value = int(float(next(line.split()[1] for line in lines if line.startswith(name + " "))))
+        if value >= at_least or time.monotonic() > deadline:
+            return value
+        time.sleep(0.05)
+
+
 @pytest.fixture
 def edge(make_edge, upstream):
     files = {"m.yaml": "".join([
@@ -42,6 +53,8 @@ def test_error_statuses(edge):
         assert r.status_code == 504 and r.text == "upstream idle timeout"
     diag = edge.config()["diagnostics"]
     assert any("no-such-host.invalid" in d["message"] for d in diag)
+    # 502, 503, 504 (timeout) and 504 (idle): counted by the workers, summed in /metrics
+    assert wait_metric(edge, "edge_upstream_errors_total", 4) == 4
 
 
 def test_404_does_not_contact_upstream(edge):
@@ -88,6 +101,7 @@ def test_431_and_408(edge):
     answer = raw_exchange(edge.port, b"GET /up/ HTTP/1.1\r\nHost: a\r\n", timeout=5)
     assert answer.startswith(b"HTTP/1.1 408 "), answer
     assert time.monotonic() - started < 4
+    assert wait_metric(edge, "edge_client_errors_total", 2) == 2
 
 
 def test_pipelined_requests_answered_in_order(edge):

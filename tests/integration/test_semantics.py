@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import json
+import socket
 
 import httpx
 import pytest
@@ -176,6 +177,30 @@ def test_module_settings(make_edge, upstream):
         assert r.headers["server"] == "gw"
         assert "x-envoy-upstream-service-time" not in r.headers
         assert c.get("/d/", headers={"host": "h.test", "x-big": "v" * 3000}).status_code == 431
+
+
+def _read_response(sock: socket.socket) -> bytes:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+    while len(body) < length:
+        body += sock.recv(65536)
+    return head
+
+
+def test_open_keepalive_connection_takes_the_new_table_on_its_next_request(make_edge, upstream):
+    edge = make_edge({"m.yaml": mapping("m", upstream.service, "/k/")})
+    request = b"GET /k/ HTTP/1.1\r\nHost: a\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", edge.port), timeout=5) as sock:
+        sock.sendall(request)
+        assert b"\r\nserver: edge\r\n" in _read_response(sock)
+        generation = edge.config()["generation"]
+        edge.write("module.yaml", resource("Module", "ambassador", {"config": {"server_name": "renamed"}}))
+        edge.wait_generation(generation + 1)
+        sock.sendall(request)  # the same connection
+        assert b"\r\nserver: renamed\r\n" in _read_response(sock)
 
 
 def test_ambassador_id_and_bad_objects_do_not_stop_others(make_edge, upstream):

@@ -108,6 +108,12 @@ def _fail(error, reason: str):
     raise UpstreamError(reason)
 
 
+# httptools holds a header line in memory until it ends. Besides counting complete header
+# lines against max_head, bound the raw bytes fed while a head is unfinished; the slack
+# covers the bytes of earlier pipelined messages in the same feed (one read, <= 64 KiB).
+UNFINISHED_HEAD_SLACK = 64 * 1024
+
+
 class RequestParser:
     """Parses a stream of pipelined requests into Request, Body and End events.
 
@@ -129,6 +135,7 @@ class RequestParser:
         self._head_bytes = 0
         self._headers_done = False
         self._trailers: list = []
+        self._unfinished_bytes = 0
 
     # -- httptools callbacks (run inside feed) --
     def on_message_begin(self):
@@ -199,8 +206,10 @@ class RequestParser:
             reason = str(exc) or type(exc).__name__
             status = 431 if "too large" in reason.lower() else 400
             raise ClientError(status, f"malformed request: {reason}") from None
-        if not self._headers_done and self.in_message:
-            self._count(0)
+        if self.in_message and not self._headers_done:
+            self._unfinished_bytes += len(data)
+            if self._unfinished_bytes > self.max_head + UNFINISHED_HEAD_SLACK:
+                raise ClientError(431, "request headers too large")
 
 
 class ResponseParser:
