@@ -10,7 +10,7 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import free_port, mapping, raw_exchange
+from tests.conftest import free_port, mapping, raw_exchange, resource
 
 pytestmark = pytest.mark.integration
 
@@ -197,3 +197,37 @@ def test_one_gib_each_way_streams_in_bounded_memory(edge):
         done.set()
         sampler.join()
     assert 0 < peak[0] < 100, f"worker RSS peaked at {peak[0]:.1f} MB"
+
+
+@pytest.fixture
+def unresponsive_port():
+    """A port whose accept queue is full: new connections hang in SYN_SENT."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(0)
+    port = server.getsockname()[1]
+    fillers = []
+    for _ in range(3):
+        filler = socket.socket()
+        filler.setblocking(False)
+        filler.connect_ex(("127.0.0.1", port))
+        fillers.append(filler)
+    time.sleep(0.1)
+    yield port
+    for s in fillers + [server]:
+        s.close()
+
+
+def test_connect_and_module_request_timeouts(make_edge, upstream, unresponsive_port):
+    module = resource("Module", "ambassador", {"config": {"cluster_request_timeout_ms": 300}})
+    edge = make_edge({"m.yaml": module
+                      + mapping("hang", f"127.0.0.1:{unresponsive_port}", "/hang/", connect_timeout_ms=200)
+                      + mapping("slow", upstream.service, "/slow/")})
+    with httpx.Client(base_url=edge.url(""), timeout=10) as c:
+        started = time.monotonic()
+        r = c.get("/hang/")
+        assert r.status_code == 504 and "connect timeout" in r.text
+        assert time.monotonic() - started < 2
+        r = c.get("/slow/delay/1000")  # the Module's cluster_request_timeout_ms is the default timeout_ms
+        assert r.status_code == 504 and r.text == "upstream request timeout"
+        assert c.get("/slow/delay/10").status_code == 200

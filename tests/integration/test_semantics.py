@@ -68,6 +68,9 @@ def test_route_order_and_conditions(make_edge, upstream, upstream_b):
         mapping("high", b, "/prec/x", precedence=-1),
         mapping("host", b, "/host/", host="api.example.com"),
         mapping("host-glob", a, "/host/", hostname="*.example.org"),
+        mapping("host-re", b, "/hre/", host="^v[0-9]+[.]api[.]test$", host_regex=True),
+        mapping("query-re", b, "/qre/", regex_query_parameters={"id": "^[0-9]+$"}),
+        mapping("query-re-plain", a, "/qre/"),
     ])})
     with httpx.Client(base_url=edge.url("")) as c:
         assert echo(c.get("/p/x"))["upstream"] == "a"
@@ -84,6 +87,10 @@ def test_route_order_and_conditions(make_edge, upstream, upstream_b):
         assert echo(c.get("/host/", headers={"host": "api.example.com"}))["upstream"] == "b"
         assert echo(c.get("/host/", headers={"host": "www.example.org"}))["upstream"] == "a"
         assert c.get("/host/", headers={"host": "other.net"}).status_code == 404
+        assert echo(c.get("/hre/", headers={"host": "v2.api.test"}))["upstream"] == "b"
+        assert c.get("/hre/", headers={"host": "vx.api.test"}).status_code == 404
+        assert echo(c.get("/qre/?id=42"))["upstream"] == "b"
+        assert echo(c.get("/qre/?id=4x"))["upstream"] == "a"
 
 
 def test_headers_added_removed_and_forwarding(make_edge, upstream):
@@ -125,6 +132,33 @@ def test_l7depth_trusts_forwarded_proto(make_edge, upstream):
     edge.wait_generation(2)
     data = echo(httpx.get(edge.url("/x"), headers={"x-forwarded-proto": "https"}))
     assert header(data, "x-forwarded-proto") == ["https"]
+
+
+def test_module_xff_num_trusted_hops_trusts_forwarded_proto(make_edge, upstream):
+    module = resource("Module", "ambassador", {"config": {"xff_num_trusted_hops": 1}})
+    edge = make_edge({"m.yaml": module + mapping("m", upstream.service, "/")})
+    data = echo(httpx.get(edge.url("/x"), headers={"x-forwarded-proto": "https"}))
+    assert header(data, "x-forwarded-proto") == ["https"]
+
+
+def test_service_by_dns_name(make_edge, upstream):
+    edge = make_edge({"m.yaml": mapping("m", f"http://localhost:{upstream.port}", "/dns/")})
+    assert echo(httpx.get(edge.url("/dns/")))["upstream"] == "a"
+    cluster_diags = [d for d in edge.config()["diagnostics"] if d["kind"] == "Cluster"]
+    assert cluster_diags == []
+
+
+def test_listener_host_binding_selector(make_edge, upstream):
+    edge = make_edge({"m.yaml": resource("Host", "public", {"hostname": "pub.test"}, labels={"expose": "yes"})
+                      + resource("Host", "private", {"hostname": "priv.test"})
+                      + mapping("m", upstream.service, "/")})
+    generation = edge.config()["generation"]
+    edge.write("00-listener.yaml", resource("Listener", "http", {
+        "port": edge.port, "protocol": "HTTP", "securityModel": "XFP",
+        "hostBinding": {"namespace": {"from": "ALL"}, "selector": {"matchLabels": {"expose": "yes"}}}}))
+    edge.wait_generation(generation + 1)
+    assert echo(httpx.get(edge.url("/"), headers={"host": "pub.test"}))["upstream"] == "a"
+    assert httpx.get(edge.url("/"), headers={"host": "priv.test"}).status_code == 404
 
 
 def test_canary_weights(make_edge, upstream, upstream_b):
