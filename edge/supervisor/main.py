@@ -86,8 +86,7 @@ class Supervisor:
 
     async def _refresh_dns(self, force: bool) -> None:
         names = compiler.dns_names(self.compiled)
-        missing = [n for n in names if n not in self.resolved]
-        todo = names if force else missing
+        todo = names if force else [n for n in names if n not in self.resolved]
         if todo:
             found, failed = await resolve_all(todo, self.resolved)
             self.resolved.update(found)
@@ -96,10 +95,9 @@ class Supervisor:
 
     def _publish(self) -> None:
         table = compiler.with_endpoints(self.compiled, self.resolved)
-        dns_diags = tuple(Diagnostic("warning", "dns", "Cluster", "", c.name, "service",
-                                     f"cannot resolve {c.host}; requests get 503 until it resolves")
-                          for c in table.clusters if not c.endpoints)
-        self.dns_diagnostics = list(dns_diags)
+        self.dns_diagnostics = [Diagnostic("warning", "dns", "Cluster", "", c.name, "service",
+                                           f"cannot resolve {c.host}; requests get 503 until it resolves")
+                                for c in table.clusters if not c.endpoints]
         table = replace(table, diagnostics=tuple(self.all_diagnostics()))
         published = self.publisher.publish(table)
         if published is not None:

@@ -21,9 +21,9 @@ class WorkerState:
         self.read_buf = bytearray(READ_SIZE)
         self.read_view = memoryview(self.read_buf)
         self.draining = False
-        # Cancel scopes of connections waiting idle for their next request; a drain
-        # cancels them so idle keep-alive connections close at once.
-        self.idle_scopes: set[trio.CancelScope] = set()
+        # Timers of connections waiting idle for their next request; a drain cancels
+        # them so idle keep-alive connections close at once.
+        self.idle_timers: set[trio.CancelScope] = set()
         self.requests = 0
         self.active = 0
         self.internal_errors = 0
@@ -32,5 +32,5 @@ class WorkerState:
 
     def start_drain(self) -> None:
         self.draining = True
-        for scope in list(self.idle_scopes):
-            scope.cancel()
+        for timer in list(self.idle_timers):
+            timer.cancel()

@@ -1,6 +1,7 @@
 """HTTP/1.1 codec, sans-IO: bytes in, events out (httptools/llhttp underneath).
 
-`RequestParser` reads what clients send and enforces our framing rules on top of llhttp:
+`RequestParser` reads what clients send and enforces our framing rules on top of llhttp
+(which itself rejects obs-fold, bare CR/LF and control characters in header values):
 every request-smuggling shape (Content-Length with Transfer-Encoding, conflicting lengths,
 codings other than chunked, obs-fold, CR/LF/NUL in values, duplicate Host) is a
 ClientError(400), oversized heads a ClientError(431). `ResponseParser` reads upstream
@@ -70,9 +71,6 @@ class Body:
 @dataclass(slots=True)
 class End:
     trailers: list  # [(name, value)]; empty unless chunked with trailers
-
-
-_FORBIDDEN_IN_VALUE = (b"\r", b"\n", b"\x00")
 
 
 def _framing(headers: list, is_request: bool, version: str):
@@ -153,8 +151,6 @@ class RequestParser:
             raise ClientError(431, "request headers too large")
 
     def on_header(self, name: bytes, value: bytes):
-        if any(c in value for c in _FORBIDDEN_IN_VALUE):
-            raise ClientError(400, "CR, LF or NUL in a header value")
         if self._headers_done:
             self._trailers.append((name, value))
             return
@@ -248,8 +244,6 @@ class ResponseParser:
         self._reason += reason
 
     def on_header(self, name: bytes, value: bytes):
-        if any(c in value for c in _FORBIDDEN_IN_VALUE):
-            raise UpstreamError("CR, LF or NUL in a response header value")
         if self._headers_done:
             self._trailers.append((name, value))
             return
