@@ -23,31 +23,31 @@ def _check(payload: bytes) -> int:
     return n
 
 
-def _hammer(name: str, count: int) -> None:
-    writer = RoutesWriter.__new__(RoutesWriter)  # attach to the segment made by the test
-    from edge import shm
-
-    writer.name, writer.slot_capacity = name, 1 << 16
-    writer._mem = shm._attach(name)
-    writer._seq, writer._active = 0, 0
+def _hammer(name: str, count: int, created, go) -> None:
+    writer = RoutesWriter(name, slot_capacity=1 << 16)
+    created.set()
+    go.wait()
     for n in range(1, count + 1):
         writer.publish(_payload(n))
+    writer.close()  # unlinks; the reader's mapping stays valid
 
 
 def test_readers_never_accept_a_torn_table():
     name = f"edge-test-{secrets.token_hex(4)}-routes"
-    writer = RoutesWriter(name, slot_capacity=1 << 16)
+    ctx = multiprocessing.get_context("fork")
+    created, go = ctx.Event(), ctx.Event()
+    proc = ctx.Process(target=_hammer, args=(name, 20000, created, go))
+    proc.start()
     try:
+        assert created.wait(10)
         reader = RoutesReader(name)
-        proc = multiprocessing.get_context("fork").Process(target=_hammer, args=(name, 20000))
-        proc.start()
-        seen, torn = set(), 0
+        go.set()
+        seen = set()
         while proc.is_alive() or not seen:
             try:
                 snap = reader.read(attempts=20)
             except TornRead:
-                torn += 1
-                continue
+                continue  # the writer was busy: try again, never accept the bytes
             if snap is not None:
                 seen.add(_check(snap.payload))
         proc.join()
@@ -57,7 +57,8 @@ def test_readers_never_accept_a_torn_table():
         assert len(seen) > 10  # reads really overlapped the writes
         reader.close()
     finally:
-        writer.close()
+        proc.join(10)
+        unlink(name)
 
 
 def test_generation_hash_and_successor():
