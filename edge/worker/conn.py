@@ -64,15 +64,23 @@ class _UpstreamFailed(Exception):
 
 
 async def serve_client(state: WorkerState, sock: socket.socket, peer: str, port: int) -> None:
-    """Serve one accepted connection until it closes. Never raises (counts our bugs)."""
+    """Serve one accepted connection until it closes. Never raises: our own bugs are
+    answered with 500 (when no response has started), logged and counted."""
     state.active += 1
+    conn = ClientConnection(state, sock, peer, port)
     try:
-        await ClientConnection(state, sock, peer, port).run()
+        await conn.run()
     except (OSError, _Abort):
         pass
     except Exception:
         state.internal_errors += 1
         log.exception("internal error on a connection from %s", peer)
+        if not conn.response_started:
+            with trio.move_on_after(1):
+                try:
+                    await conn._local(500, b"internal error", close=True)
+                except OSError:
+                    pass
     finally:
         state.active -= 1
         sock.close()
@@ -131,6 +139,7 @@ class ClientConnection:
         """The next request head, or None when the connection should close."""
         state = self.state
         events = self.parser.events
+        self.response_started = False
         self.router = state.router  # errors before the head arrives answer with today's table
         self.parser.max_head = self.router.max_head
         timer = self.timer
@@ -175,7 +184,6 @@ class ClientConnection:
         state.requests += 1
         router = self.router
         settings = router.settings
-        self.response_started = False
         must_close = not req.keep_alive or req.has_body  # a body we do not read poisons the stream
         if req.upgrade:
             await self._local(501, b"protocol upgrades are not supported yet", close=True)
