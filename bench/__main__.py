@@ -1,9 +1,13 @@
-"""wrk side by side: edge (1 worker) and nginx as an equivalent reverse proxy, same upstream.
+"""wrk side by side: edge, nginx and haproxy as equivalent reverse proxies, one upstream.
 
-    python -m bench [--duration 10] [--connections 50] [--rounds 3]
+    python -m bench [--scenario NAME ...] [--duration 5] [--rounds 3] [--workers N]
 
-The upstream is nginx serving a small fixed body with keep-alive. Rounds alternate the
-two proxies; the medians and the ratio go to stdout and bench/results/http1_small.json.
+Starts one nginx upstream, nginx and haproxy as keep-alive reverse proxies (1 worker or
+thread each), edge with 1 worker and with N workers (10 Mappings), and edge with 10,000
+Mappings. Rounds are interleaved (every target once per round, in turn) and medians
+reported; CPU per request is the user+system time of the proxy's processes (/proc) over
+the requests wrk completed. Writes bench/results/<scenario>.json, summary.md and
+summary.png.
 """
 
 from __future__ import annotations
@@ -11,126 +15,101 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
-import signal
-import socket
-import statistics
-import subprocess
-import sys
 import tempfile
-import time
-import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from bench import report, targets, wrk
+
+RESULTS = targets.ROOT / "bench" / "results"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+@dataclass(frozen=True)
+class Scenario:
+    description: str
+    path: str
+    connections: int
+    targets: tuple[str, ...]
+    baseline: str = "nginx"
+    close: bool = False
 
 
-def nginx_conf(work: Path, listen: int, upstream: str | None) -> Path:
-    """One-worker nginx: the upstream itself (upstream None) or a keep-alive reverse proxy."""
-    if upstream is None:
-        pool, location = "", "location / { return 200 'hello from the upstream'; }"
-    else:
-        pool = f"upstream backend {{ server {upstream}; keepalive 64; }}"
-        location = "location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ''; }"
-    conf = work / f"nginx-{listen}.conf"
-    conf.write_text(f"""
-worker_processes 1;
-daemon off;
-pid {work}/nginx-{listen}.pid;
-error_log {work}/nginx-{listen}.err warn;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-  client_body_temp_path {work}/body-{listen};
-  proxy_temp_path {work}/proxy-{listen};
-  fastcgi_temp_path {work}/fcgi-{listen}; uwsgi_temp_path {work}/uwsgi-{listen}; scgi_temp_path {work}/scgi-{listen};
-  {pool}
-  server {{ listen 127.0.0.1:{listen}; {location} }}
-}}
-""")
-    return conf
+PROXIES = ("nginx", "haproxy", "edge-1", "edge-N")
+SCENARIOS = {
+    "small_c50": Scenario("small GET, keep-alive, 50 connections", "/bench/", 50, PROXIES),
+    "small_c200": Scenario("small GET, keep-alive, 200 connections", "/bench/", 200, PROXIES),
+    "new_connection": Scenario("small GET, a new connection per request, 50 at a time", "/bench/", 50, PROXIES,
+                               close=True),
+    "large_1mib": Scenario("1 MiB responses, keep-alive, 16 connections", "/bench/big", 16, PROXIES),
+    "mappings_10k": Scenario("10,000 Mappings, the request matches the one in the middle (1 worker)",
+                             "/bench/", 50, ("edge-1", "edge-1-10k"), baseline="edge-1"),
+}
 
 
-def wrk(port: int, duration: int, connections: int) -> dict:
-    out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency",
-                          f"http://127.0.0.1:{port}/bench/"], capture_output=True, text=True, check=True).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    p50 = re.search(r"50%\s+([\d.]+)(us|ms|s)", out)
-    p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
-    scale = {"us": 0.001, "ms": 1, "s": 1000}
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {"rps": rps, "p50_ms": float(p50.group(1)) * scale[p50.group(2)],
-            "p99_ms": float(p99.group(1)) * scale[p99.group(2)], "non_2xx": int(errors.group(1)) if errors else 0}
-
-
-def wait_http(port: int, path: str = "/bench/") -> None:
-    for _ in range(200):
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=1).read()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing answers on {port}")
+def measure(target: targets.Target, scenario: Scenario, duration: float) -> dict:
+    before = target.cpu_seconds()
+    result = wrk.run(target.port, scenario.path, connections=scenario.connections, duration=duration,
+                     close=scenario.close)
+    cpu = target.cpu_seconds() - before
+    result["cpu_us_per_request"] = cpu / max(result["requests"], 1) * 1e6
+    return result
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--duration", type=int, default=10)
-    ap.add_argument("--connections", type=int, default=50)
+    ap = argparse.ArgumentParser(prog="python -m bench")
+    ap.add_argument("--scenario", action="append", choices=sorted(SCENARIOS), help="default: all")
+    ap.add_argument("--duration", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--workers", type=int, default=os.cpu_count(), help="workers of edge-N")
     args = ap.parse_args()
-    for tool in ("wrk", "nginx"):
-        if not shutil.which(tool):
-            sys.exit(f"{tool} not found: run `make bench`, which installs it")
+    targets.require("wrk", "nginx", "haproxy")
+    chosen = args.scenario or list(SCENARIOS)
+    needed = {t for name in chosen for t in SCENARIOS[name].targets}
     work = Path(tempfile.mkdtemp(prefix="edge-bench-"))
-    up_port, nginx_port, edge_port, admin = free_port(), free_port(), free_port(), free_port()
-    procs = [subprocess.Popen(["nginx", "-c", str(nginx_conf(work, up_port, None))])]
-    procs.append(subprocess.Popen(["nginx", "-c", str(nginx_conf(work, nginx_port, f"127.0.0.1:{up_port}"))]))
-    cfg = work / "edge"
-    cfg.mkdir()
-    (cfg / "edge.yaml").write_text(f"""
-apiVersion: getambassador.io/v3alpha1
-kind: Listener
-metadata: {{name: http}}
-spec: {{port: {edge_port}, protocol: HTTP, securityModel: XFP, hostBinding: {{namespace: {{from: ALL}}}}}}
----
-apiVersion: getambassador.io/v3alpha1
-kind: Mapping
-metadata: {{name: bench}}
-spec: {{prefix: /bench/, rewrite: "", service: "127.0.0.1:{up_port}"}}
-""")
-    procs.append(subprocess.Popen([sys.executable, "-m", "edge", "serve", "-c", str(cfg), "--workers", "1",
-                                   "--admin-addr", f"127.0.0.1:{admin}", "--log-level", "WARNING"], cwd=ROOT))
+    up = targets.upstream(work)
+    running: dict[str, targets.Target] = {}
     try:
-        for port in (up_port, nginx_port, edge_port):
-            wait_http(port)
-        results: dict[str, list[dict]] = {"edge": [], "nginx": []}
-        for _ in range(args.rounds):
-            for name, port in (("nginx", nginx_port), ("edge", edge_port)):
-                results[name].append(wrk(port, args.duration, args.connections))
-        summary = {name: {k: statistics.median(r[k] for r in runs) for k in runs[0]} for name, runs in results.items()}
-        summary["ratio_rps_edge_to_nginx"] = round(summary["edge"]["rps"] / summary["nginx"]["rps"], 3)
-        summary["setup"] = {"connections": args.connections, "duration_s": args.duration, "rounds": args.rounds,
-                            "edge_workers": 1, "nginx_workers": 1, "cpus": os.cpu_count()}
-        out = ROOT / "bench" / "results"
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "http1_small.json").write_text(json.dumps({"summary": summary, "runs": results}, indent=2) + "\n")
-        print(json.dumps(summary, indent=2))
+        starters = {
+            "nginx": lambda: targets.nginx(work, up.port),
+            "haproxy": lambda: targets.haproxy(work, up.port),
+            "edge-1": lambda: targets.edge(work, "edge-1", up.port, workers=1, mappings=10),
+            "edge-N": lambda: targets.edge(work, "edge-N", up.port, workers=args.workers, mappings=10),
+            "edge-1-10k": lambda: targets.edge(work, "edge-1-10k", up.port, workers=1, mappings=10_000),
+        }
+        for name in sorted(needed, key=list(starters).index):
+            running[name] = starters[name]()
+        for t in [up, *running.values()]:
+            targets.wait_http(t.port)
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        results = {}
+        for name in chosen:
+            scenario = SCENARIOS[name]
+            for t in scenario.targets:  # warm-up: pools, caches, the kernel's accept queues
+                wrk.run(running[t].port, scenario.path, connections=scenario.connections, duration=1,
+                        close=scenario.close)
+            runs: dict[str, list[dict]] = {t: [] for t in scenario.targets}
+            for _ in range(args.rounds):
+                for t in scenario.targets:
+                    runs[t].append(measure(running[t], scenario, args.duration))
+            summary = report.summarize(runs, scenario.baseline)
+            results[name] = {"description": scenario.description, "baseline": scenario.baseline,
+                             "setup": {"connections": scenario.connections, "duration_s": args.duration,
+                                       "rounds": args.rounds, "edge_N_workers": args.workers,
+                                       "cpus": os.cpu_count(), "new_connection_per_request": scenario.close},
+                             "summary": summary, "runs": runs}
+            (RESULTS / f"{name}.json").write_text(json.dumps(results[name], indent=2) + "\n")
+            text = report.markdown(name, scenario.description, scenario.baseline, summary)
+            print(text, flush=True)
+        md = "\n".join(report.markdown(n, r["description"], r["baseline"], r["summary"]) for n, r in results.items())
+        (RESULTS / "summary.md").write_text(md)
+        try:
+            report.chart(results, RESULTS / "summary.png")
+        except ImportError:
+            print("matplotlib is missing (pip install -e '.[bench]'): no chart")
     finally:
-        for p in procs:
-            p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        for t in [*running.values(), up]:
+            t.stop()
         shutil.rmtree(work, ignore_errors=True)
 
 

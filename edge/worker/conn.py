@@ -1,372 +1,560 @@
-"""One client connection: read requests, route, proxy to the upstream, stream back.
+"""One client connection as a reactor handler: read requests, route, proxy, stream back.
 
-Requests on a keep-alive connection are answered in order (pipelining). Each request takes
-the worker's current Router when its head arrives and keeps it to the end (routes, Module
-settings, the Server header): a keep-alive client sees a new table on its next request.
+Requests on a keep-alive connection are answered in order (pipelining): the next request
+is not read until the previous answer has left. Each request takes the worker's current
+Router when its head arrives and keeps it to the end (routes, Module settings, the
+Server header): a keep-alive client sees a new table on its next request.
+
 Whose fault: ClientError -> 4xx and close; upstream trouble -> 502/503/504; once a
-response has started, any failure closes the connection (there is no way left to report it).
+response has started, any failure closes the connection (there is no way left to report
+it); our own bugs -> 500 (DESIGN.md §5).
 
-Timeouts: every timeout ends the connection, so one cancel scope per connection (`timer`)
-serves them all. Each phase moves its deadline (cheaper than a new scope per wait, which
-costs ~6 us here), and when it fires, the phase says what to answer.
+Bodies stream both ways with backpressure: while the upstream has unsent request bytes
+the client is not read, and while the client has unsent response bytes the upstream is
+not read. One deadline per connection serves every timeout, since each one ends the
+connection; `phase` says what to answer when it fires.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 import random
 import socket
 import time
 
-import trio
-
-from edge.worker import net
 from edge.worker.proto.h1 import (
     Body,
     ClientError,
     End,
     Request,
-    RequestParser,
     Response,
+    RequestParser,
     UpstreamError,
     chunk,
     last_chunk,
     simple_response,
 )
 from edge.worker.proxy import normalize_path, request_head, response_head, rewrite_path, split_target
+from edge.worker.reactor import READ_EVENTS, WRITE_EVENTS, Handler
 from edge.worker.router import pick_target
-from edge.worker.state import WorkerState
-from edge.worker.upstream import ConnectTimeout, UpstreamConn
+from edge.worker.state import READ_SIZE, WorkerState
+from edge.worker.upstream import UpstreamConn
 
 log = logging.getLogger("edge.worker")
 
-# What the connection is waiting for when its timer fires
+# What the connection is waiting for when its deadline passes
 IDLE = 0  # the next request: close quietly
 HEAD = 1  # the rest of a request head: 408
-EXCHANGE = 2  # the upstream (timeout_ms, idle_timeout_ms): 504
+CONNECT = 2  # the upstream's accept (connect_timeout_ms): 504
+EXCHANGE = 3  # the upstream's answer (timeout_ms, idle_timeout_ms): 504
 
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 CHUNKED = b"transfer-encoding: chunked\r\n"
 
 
-class _Abort(Exception):
-    """Close the client connection without (more of) a response."""
-
-
-class _UpstreamFailed(Exception):
-    """Upstream trouble before any response byte reached the client."""
-
-    def __init__(self, status: int, message: str, retryable: bool = False):
-        super().__init__(message)
-        self.status = status
-        self.retryable = retryable
-
-
-async def serve_client(state: WorkerState, sock: socket.socket, peer: str, port: int) -> None:
-    """Serve one accepted connection until it closes. Never raises: our own bugs are
-    answered with 500 (when no response has started), logged and counted."""
-    state.active += 1
-    conn = ClientConnection(state, sock, peer, port)
-    try:
-        await conn.run()
-    except (OSError, _Abort):
-        pass
-    except Exception:
-        state.internal_errors += 1
-        log.exception("internal error on a connection from %s", peer)
-        if not conn.response_started:
-            with trio.move_on_after(1):
-                try:
-                    await conn._local(500, b"internal error", close=True)
-                except OSError:
-                    pass
-    finally:
-        state.active -= 1
-        sock.close()
-
-
-class ClientConnection:
-    __slots__ = ("state", "sock", "peer", "port", "parser", "response_started", "router", "timer", "phase",
-                 "request_deadline")
+class ClientConnection(Handler):
+    __slots__ = (
+        "state", "reactor", "sock", "fd", "peer", "port", "parser", "router", "phase",
+        "readable", "out", "closing", "busy",
+        # the request being answered
+        "req", "target", "cluster", "endpoint", "head", "attempts", "up", "head_sent", "request_sent",
+        "response_started", "request_deadline", "idle_s", "sent_at", "to_chunked", "close_client",
+        "keep_upstream",
+    )
 
     def __init__(self, state: WorkerState, sock: socket.socket, peer: str, port: int):
+        super().__init__()
         self.state = state
+        self.reactor = state.reactor
         self.sock = sock
+        self.fd = sock.fileno()
         self.peer = peer
         self.port = port
         self.router = state.router
         self.parser = RequestParser(self.router.max_head)
+        self.readable = False
+        self.out: list | None = None  # response bytes the kernel did not take yet
+        self.closing = False  # close once `out` is sent
+        self.busy = False  # inside _resume: triggers only mark work for its loop
+        self.req: Request | None = None
+        self.up: UpstreamConn | None = None
         self.response_started = False
-        self.timer = trio.CancelScope()
-        self.phase = IDLE
-        self.request_deadline = math.inf
+        state.active += 1
+        state.connections.add(self)
+        self._wait_request()
+        self.reactor.register(self.fd, self)
 
-    async def run(self) -> None:
-        with self.timer:
-            while True:
-                req = await self._read_head()
-                if req is None:
-                    return
-                keep = await self._exchange(req)
-                if not keep or self.state.draining:
-                    return
-        if self.timer.cancelled_caught:
-            await self._timed_out()
+    # ---- reactor callbacks ---------------------------------------------------------------
 
-    async def _timed_out(self) -> None:
+    def on_event(self, mask: int) -> None:
+        if mask & WRITE_EVENTS and self.out:
+            self._flush()
+            if self.closed:
+                return
+        if mask & READ_EVENTS:
+            self.readable = True
+            self._resume()
+
+    def on_upstream_event(self, up: UpstreamConn, mask: int) -> None:
+        if up is not self.up:
+            return  # an event from before this connection took it
+        if not up.connected:
+            if not mask & WRITE_EVENTS:
+                return
+            err = up.connect_error()
+            if err:
+                self._upstream_failed(502, f"upstream connect error: {os.strerror(err)}", retryable=False)
+                return
+            up.connected = True
+            self._send_head()
+            if self.up is not up:
+                return
+        if mask & WRITE_EVENTS and up.out:
+            try:
+                drained = up.flush()
+            except OSError as exc:
+                self._upstream_failed(502, f"upstream reset: {exc.strerror or exc}", retryable=False)
+                return
+            if drained:
+                self._resume()  # the client's body may flow again
+                if self.up is not up:
+                    return
+        if mask & READ_EVENTS:
+            up.readable = True
+            if not self.out:
+                self._read_upstream()
+
+    def on_timeout(self) -> None:
         state = self.state
-        if self.phase == HEAD and not state.draining:
+        phase = self.phase
+        if phase == IDLE:
+            self._close()
+        elif phase == HEAD:
+            if state.draining:
+                self._close()
+                return
             state.client_errors += 1
-            await self._local(408, b"request timeout", close=True)
-        elif self.phase == EXCHANGE:
+            self._local(408, b"request timeout", close=True)
+        else:
             state.upstream_errors += 1
+            self._drop_upstream()
             if self.response_started:
-                return  # nothing left to report it with: the connection closes
-            late = trio.current_time() >= self.request_deadline
-            await self._local(504, b"upstream request timeout" if late else b"upstream idle timeout", close=True)
+                self._close()
+            elif time.monotonic() >= self.request_deadline:
+                self._local(504, b"upstream request timeout", close=True)
+            elif phase == CONNECT:
+                ep = self.endpoint
+                self._local(504, b"upstream connect timeout: connect to %s:%d timed out after %d ms" % (
+                    ep.address.encode(), ep.port, self.cluster.connect_timeout_ms), close=True)
+            else:
+                self._local(504, b"upstream idle timeout", close=True)
 
-    async def _fill(self) -> bool:
-        """Read more from the client into the parser; False on EOF. Raises ClientError."""
-        state = self.state
-        n = await net.recv_into(self.sock, state.read_buf)
-        if n == 0:
-            return False
-        self.parser.feed(bytes(state.read_view[:n]))
-        return True
+    def on_bug(self, exc: Exception) -> None:
+        self.state.internal_errors += 1
+        log.error("internal error on a connection from %s", self.peer, exc_info=exc)
+        if self.closed:
+            return
+        self._drop_upstream()
+        if self.response_started or self.out:
+            self._close()
+        else:
+            self._local(500, b"internal error", close=True)
 
-    async def _read_head(self) -> Request | None:
-        """The next request head, or None when the connection should close."""
-        state = self.state
-        events = self.parser.events
+    def close_if_idle(self) -> None:
+        """Close now if waiting for a request that has not begun (a drain)."""
+        if self.phase == IDLE and not self.closing:
+            self._close()
+
+    # ---- reading requests ----------------------------------------------------------------
+
+    def _wait_request(self) -> None:
+        """Between requests: take today's table, wait (idle or for the rest of a head)."""
+        self.router = router = self.state.router
+        self.parser.max_head = router.max_head
+        self.req = None
         self.response_started = False
-        self.router = state.router  # errors before the head arrives answer with today's table
-        self.parser.max_head = self.router.max_head
-        timer = self.timer
+        if self.parser.in_message:
+            self.phase = HEAD
+            self.reactor.set_deadline(self, time.monotonic() + self.state.header_timeout)
+        else:
+            self.phase = IDLE
+            self.reactor.set_deadline(self, time.monotonic() + self.state.idle_timeout)
+
+    def _wants_read(self) -> bool:
+        if self.closing or self.closed or self.parser.events:
+            return False
+        if self.req is None:
+            return not self.out  # the previous answers leave before the next request is read
+        up = self.up  # a request body flows while the upstream takes it
+        return self.head_sent and not self.request_sent and up is not None and not up.out
+
+    def _resume(self) -> None:
+        """Handle what the parser holds, then read while the connection wants to."""
+        if self.busy:
+            return  # the loop below is already running further up the stack
+        self.busy = True
         try:
-            while not events:
-                partial = self.parser.in_message
-                if state.draining and not partial:
-                    return None
-                self.phase = HEAD if partial else IDLE
-                timer.deadline = trio.current_time() + (state.header_timeout if partial else state.idle_timeout)
-                if partial:
-                    more = await self._fill()
-                else:
-                    state.idle_timers.add(timer)  # a drain cancels idle connections
-                    try:
-                        more = await self._fill()
-                    finally:
-                        state.idle_timers.discard(timer)
-                if not more:
-                    return None
-        except ClientError as exc:
-            state.client_errors += 1
-            await self._local(exc.status, exc.reason.encode(), close=True)
-            return None
-        event = events.popleft()
-        if type(event) is not Request:  # the parser only emits a head first
-            raise AssertionError(f"expected a request head, got {event!r}")
-        if not event.has_body:
-            # llhttp completes a bodiless message in the same feed as its head
-            end = events.popleft()
-            if type(end) is not End:
-                raise AssertionError(f"expected the end of a bodiless request, got {end!r}")
-        self.router = state.router  # the request's table, kept until its response ends
-        return event
+            self._process()
+            state = self.state
+            sock = self.sock
+            while self.readable and self._wants_read():
+                try:
+                    n = sock.recv_into(state.read_buf)
+                except BlockingIOError:
+                    self.readable = False
+                    break
+                except OSError:
+                    self._close()
+                    break
+                if n == 0:
+                    self.readable = False
+                    self._client_eof()
+                    break
+                if n < READ_SIZE:
+                    self.readable = False  # edge-triggered: new bytes bring a new event
+                try:
+                    self.parser.feed(state.read_view[:n])
+                except ClientError as exc:
+                    self._client_error(exc)
+                    break
+                if self.phase == IDLE and self.parser.in_message and self.req is None:
+                    self.phase = HEAD
+                    self.reactor.set_deadline(self, time.monotonic() + state.header_timeout)
+                self._process()
+        finally:
+            self.busy = False
 
-    async def _local(self, status: int, body: bytes, close: bool) -> None:
-        await net.send_all(self.sock, simple_response(status, body, self.router.server, close))
+    def _process(self) -> None:
+        """Start the next request, or forward the current request's body."""
+        events = self.parser.events
+        while events and not self.closed and not self.closing:
+            if self.req is None:
+                if self.out:
+                    return
+                event = events.popleft()
+                if type(event) is not Request:  # the parser only emits a head first
+                    raise AssertionError(f"expected a request head, got {event!r}")
+                if not event.has_body:
+                    # llhttp completes a bodiless message in the same feed as its head
+                    end = events.popleft()
+                    if type(end) is not End:
+                        raise AssertionError(f"expected the end of a bodiless request, got {end!r}")
+                self._start(event)
+                continue
+            up = self.up
+            if not self.head_sent or self.request_sent or up is None or up.out:
+                return
+            event = events.popleft()
+            chunked = self.req.chunked
+            if type(event) is Body:
+                data = chunk(event.data) if chunked else event.data
+            elif type(event) is End:
+                data = last_chunk(event.trailers) if chunked else b""
+                self.request_sent = True
+            else:
+                raise AssertionError(f"request event out of order: {event!r}")
+            if data:
+                try:
+                    up.send(data)
+                except OSError as exc:
+                    self._upstream_failed(502, f"upstream reset: {exc.strerror or exc}", retryable=False)
 
-    async def _exchange(self, req: Request) -> bool:
-        """Answer one request; True if the connection can carry another."""
+    def _client_eof(self) -> None:
+        # Reached only while reading: between requests, or in the middle of a body.
+        self._close()
+
+    def _client_error(self, exc: ClientError) -> None:
+        self.state.client_errors += 1
+        self._drop_upstream()
+        if self.response_started:
+            self._close()
+        else:
+            self._local(exc.status, exc.reason.encode(), close=True)
+
+    # ---- one request ---------------------------------------------------------------------
+
+    def _start(self, req: Request) -> None:
         state = self.state
         state.requests += 1
-        router = self.router
+        self.router = router = state.router  # the request's table, kept until its response ends
+        self.req = req
         settings = router.settings
         must_close = not req.keep_alive or req.has_body  # a body we do not read poisons the stream
         if req.upgrade:
-            await self._local(501, b"protocol upgrades are not supported yet", close=True)
-            return False
+            self._local(501, b"protocol upgrades are not supported yet", close=True)
+            return
         try:
             path, query = split_target(req.target)
             path = normalize_path(path, settings.merge_slashes)
         except ClientError as exc:
             state.client_errors += 1
-            await self._local(exc.status, exc.reason.encode(), close=True)
-            return False
+            self._local(exc.status, exc.reason.encode(), close=True)
+            return
         host = req.host.decode("latin-1").lower() if req.host else ""
         if settings.strip_matching_host_port and host.endswith(f":{self.port}"):
             host = host[: -len(str(self.port)) - 1]
         found = router.match(self.port, host, path, req.method, req.headers, query)
         if found is None:
-            await self._local(404, b"", close=must_close)
-            return not must_close
+            self._local(404, b"", close=must_close)
+            return
         route, matched = found
-        target = pick_target(route, random.randrange(100))
+        self.target = target = pick_target(route, random.randrange(100))
         t = target.target
-        cluster = router.clusters[t.cluster]
+        self.cluster = router.clusters[t.cluster]
         listener = router.listeners[self.port]
         new_path = rewrite_path(path, matched, t.rewrite, target.regex_rewrite, t.regex_rewrite_substitution)
         original = (path + ("?" + query if query else "")) if new_path != path else None
-        head = request_head(
+        self.head = request_head(
             req.method, new_path, query, req.headers, client_ip=self.peer, xfp=b"http",
             trust_xff=listener.l7_depth > 0 or settings.xff_num_trusted_hops > 0,
             original_path=original, rules=target.headers, suppress_envoy=settings.suppress_envoy_headers,
             chunked=req.chunked, content_length=req.content_length)
-        self.request_deadline = trio.current_time() + t.timeout_ms / 1000 if t.timeout_ms else math.inf
-        self.phase = EXCHANGE
-        self.timer.deadline = self.request_deadline
-        attempts = 2
-        while True:
-            attempts -= 1
-            endpoint = state.pool.pick(cluster)
-            if endpoint is None:
-                state.upstream_errors += 1
-                await self._local(503, b"no healthy upstream", close=must_close)
-                return not must_close
-            try:
-                return await self._forward(req, head, endpoint, cluster, target)
-            except _UpstreamFailed as exc:
-                if exc.retryable and attempts > 0:
-                    continue
-                state.upstream_errors += 1
-                if self.response_started:
-                    raise _Abort() from None
-                await self._local(exc.status, str(exc).encode(), close=True)
-                return False
+        now = time.monotonic()
+        self.request_deadline = now + t.timeout_ms / 1000 if t.timeout_ms else math.inf
+        self.idle_s = t.idle_timeout_ms / 1000
+        self.attempts = 2
+        self._attempt()
 
-    async def _forward(self, req: Request, head: bytes, endpoint, cluster, target) -> bool:
+    def _attempt(self) -> None:
+        """Send the request to an endpoint of the target's cluster (again, after a stale
+        pooled connection failed)."""
         state = self.state
+        self.attempts -= 1
+        self.head_sent = self.request_sent = False
+        self.endpoint = endpoint = state.pool.pick(self.cluster)
+        if endpoint is None:
+            state.upstream_errors += 1
+            self._local(503, b"no healthy upstream", close=not self.req.keep_alive or self.req.has_body)
+            return
         try:
-            up = await state.pool.acquire(endpoint, cluster.connect_timeout_ms)
-        except ConnectTimeout as exc:
-            raise _UpstreamFailed(504, f"upstream connect timeout: {exc}") from None
+            up = state.pool.acquire(endpoint, self)
         except OSError as exc:
-            raise _UpstreamFailed(502, f"upstream connect error: {exc.strerror or exc}") from None
-        reuse = False
-        try:
-            sent_at = time.monotonic()
-            try:
-                await self._send_request(up, req, head)
-            except OSError as exc:
-                raise _UpstreamFailed(502, f"upstream reset: {exc.strerror or exc}",
-                                      retryable=up.reused and not req.has_body) from None
-            keep_client, reuse = await self._relay_response(up, req, target, sent_at)
-            return keep_client
-        finally:
-            if reuse:
-                state.pool.release(up)
-            else:
-                up.close()
+            self._upstream_failed(502, f"upstream connect error: {exc.strerror or exc}", retryable=False)
+            return
+        self.up = up
+        if up.connected:
+            self._send_head()
+        else:
+            self.phase = CONNECT
+            connect_deadline = time.monotonic() + self.cluster.connect_timeout_ms / 1000
+            self.reactor.set_deadline(self, min(self.request_deadline, connect_deadline))
 
-    async def _send_request(self, up: UpstreamConn, req: Request, head: bytes) -> None:
-        """Send the head and stream the body from the client (backpressure: we read from
-        the client only after the upstream took the previous piece)."""
-        events = self.parser.events
+    def _exchange_deadline(self) -> None:
+        idle = self.idle_s
+        deadline = self.request_deadline
+        if idle:
+            deadline = min(deadline, time.monotonic() + idle)
+        self.reactor.set_deadline(self, deadline)
+
+    def _send_head(self) -> None:
+        up = self.up
+        req = self.req
+        self.phase = EXCHANGE
+        self._exchange_deadline()
+        if req.method == b"HEAD":
+            up.parser.expect_no_body()
+        self.sent_at = time.monotonic()
+        try:
+            up.send(self.head)
+        except OSError as exc:
+            self._upstream_failed(502, f"upstream reset: {exc.strerror or exc}",
+                                  retryable=up.reused and not req.has_body)
+            return
+        self.head_sent = True
         if not req.has_body:
-            await net.send_all(up.sock, head)
+            self.request_sent = True
             return
         if req.expect_continue:
-            await net.send_all(self.sock, CONTINUE)
-        chunked = req.chunked
-        out = [head]
-        while True:
-            while events:
-                event = events[0]
-                if type(event) is Body:
-                    events.popleft()
-                    out.append(chunk(event.data) if chunked else event.data)
-                elif type(event) is End:
-                    events.popleft()
-                    if chunked:
-                        out.append(last_chunk(event.trailers))
-                    await self._upstream_send(up, out)
-                    return
-                else:
-                    raise AssertionError(f"request event out of order: {event!r}")
-            if out:
-                await self._upstream_send(up, out)
-                out = []
-            try:
-                more = await self._fill()
-            except ClientError as exc:
-                self.state.client_errors += 1
-                await self._local(exc.status, exc.reason.encode(), close=True)
-                raise _Abort() from None
-            if not more:
-                raise _Abort()  # the client left in the middle of its body
+            self._write(CONTINUE)
+        self._resume()
 
-    @staticmethod
-    async def _upstream_send(up: UpstreamConn, parts: list) -> None:
-        await net.send_all(up.sock, parts[0] if len(parts) == 1 else b"".join(parts))
+    def _drop_upstream(self) -> None:
+        if self.up is not None:
+            self.up.close()
+            self.up = None
 
-    async def _relay_response(self, up: UpstreamConn, req: Request, target, sent_at: float) -> tuple[bool, bool]:
-        """Stream the upstream's response to the client; returns (keep the client
-        connection, return the upstream connection to the pool)."""
+    def _upstream_failed(self, status: int, message: str, retryable: bool) -> None:
+        self._drop_upstream()
+        if retryable and self.attempts > 0 and not self.response_started:
+            self._attempt()
+            return
+        self.state.upstream_errors += 1
+        if self.response_started:
+            self._close()
+        else:
+            self._local(status, message.encode(), close=True)
+
+    # ---- the response --------------------------------------------------------------------
+
+    def _read_upstream(self) -> None:
+        """Read and relay what the upstream sent, until it has nothing more or the
+        client stops taking it."""
+        up = self.up
         state = self.state
         parser = up.parser
         events = parser.events
-        if req.method == b"HEAD":
-            parser.expect_no_body()
-        # idle_timeout_ms bounds each wait for upstream bytes (0 disables it)
-        idle = target.target.idle_timeout_ms / 1000
-        to_chunked = False
-        close_client = False
-        keep_upstream = False
-        out: list = []
-        while True:
-            if not events:
-                if out:
-                    await net.send_all(self.sock, b"".join(out))
-                    out = []
-                if idle:
-                    self.timer.deadline = min(self.request_deadline, trio.current_time() + idle)
-                try:
-                    n = await net.recv_into(up.sock, state.read_buf)
-                    if n == 0:
-                        parser.feed_eof()
-                    else:
-                        parser.feed(bytes(state.read_view[:n]))
-                except (OSError, UpstreamError) as exc:
-                    fresh = not self.response_started and not parser.in_message
-                    raise _UpstreamFailed(502, f"upstream reset before response: {exc}",
-                                          retryable=fresh and up.reused and not req.has_body) from None
-                continue
+        view = state.read_view
+        while up.readable and not self.out:
+            try:
+                n = up.sock.recv_into(state.read_buf)
+            except BlockingIOError:
+                up.readable = False
+                return
+            except OSError as exc:
+                self._upstream_gone(f"upstream reset before response: {exc}")
+                return
+            try:
+                if n == 0:
+                    up.readable = False
+                    parser.feed_eof()
+                    if not events:
+                        self._upstream_gone("upstream closed the connection before responding")
+                        return
+                else:
+                    if n < READ_SIZE:
+                        up.readable = False
+                    parser.feed(view[:n])
+            except UpstreamError as exc:
+                self._upstream_gone(f"upstream reset before response: {exc}")
+                return
+            if self.idle_s:
+                self._exchange_deadline()
+            if self._relay(events):
+                return
+
+    def _upstream_gone(self, message: str) -> None:
+        fresh = not self.response_started and not self.up.parser.in_message
+        self._upstream_failed(502, message, retryable=fresh and self.up.reused and not self.req.has_body)
+
+    def _relay(self, events) -> bool:
+        """Write the parsed response events to the client; True once the response ended."""
+        parts = []
+        while events:
             event = events.popleft()
             kind = type(event)
             if kind is Body:
-                out.append(chunk(event.data) if to_chunked else event.data)
+                parts.append(chunk(event.data) if self.to_chunked else event.data)
             elif kind is End:
-                if to_chunked:
-                    out.append(last_chunk(event.trailers))
-                await net.send_all(self.sock, b"".join(out))
-                return not close_client, keep_upstream and not parser.close_delimited and not parser.in_message
+                if self.to_chunked:
+                    parts.append(last_chunk(event.trailers))
+                self._write(parts[0] if len(parts) == 1 else b"".join(parts))
+                self._end_exchange()
+                return True
             elif kind is Response:
                 if event.informational:
                     continue  # we answered Expect ourselves; other 1xx are not relayed
-                settings = self.router.settings
-                framing, to_chunked, close_delimited = self._framing(req, event)
-                close_client = not req.keep_alive or close_delimited or state.draining
-                keep_upstream = event.keep_alive
-                service_ms = None if settings.suppress_envoy_headers else int((time.monotonic() - sent_at) * 1000)
-                out.append(response_head(event.status, event.reason, event.headers, rules=target.headers,
-                                         server=self.router.server, service_time_ms=service_ms,
-                                         framing=framing, close=close_client))
-                self.response_started = True
+                parts.append(self._response_head(event))
+        if parts:
+            self._write(parts[0] if len(parts) == 1 else b"".join(parts))
+        return False
 
-    @staticmethod
-    def _framing(req: Request, resp: Response) -> tuple[bytes, bool, bool]:
-        """(framing header line, re-chunk the body?, close to end the body?)"""
-        if req.method == b"HEAD" or resp.status == 304:
-            for name, value in resp.headers:
-                if name == b"content-length":
-                    return b"content-length: %b\r\n" % value, False, False
-            return b"", False, False
-        if resp.status == 204:
-            return b"", False, False
-        if resp.content_length is not None:
-            return b"content-length: %d\r\n" % resp.content_length, False, False
-        if req.version == "1.1":
-            return CHUNKED, True, False
-        return b"", False, True  # an HTTP/1.0 client reads to EOF
+    def _response_head(self, resp: Response) -> bytes:
+        req = self.req
+        settings = self.router.settings
+        framing, self.to_chunked, close_delimited = _framing(req, resp)
+        self.close_client = (not req.keep_alive or close_delimited or self.state.draining
+                             or not self.request_sent)  # an unread body poisons the stream
+        self.keep_upstream = resp.keep_alive
+        service_ms = None if settings.suppress_envoy_headers else int((time.monotonic() - self.sent_at) * 1000)
+        self.response_started = True
+        return response_head(resp.status, resp.reason, resp.headers, rules=self.target.headers,
+                             server=self.router.server, service_time_ms=service_ms,
+                             framing=framing, close=self.close_client)
+
+    def _end_exchange(self) -> None:
+        up = self.up
+        self.up = None
+        parser = up.parser
+        if self.keep_upstream and self.request_sent and not parser.close_delimited and not parser.in_message:
+            self.state.pool.release(up)
+        else:
+            up.close()
+        if self.close_client or self.state.draining:
+            self.req = None
+            self.closing = True
+            if not self.out:
+                self._close()
+            return
+        self._wait_request()
+        self._resume()  # a pipelined request may be waiting in the parser
+
+    # ---- writing to the client -------------------------------------------------------------
+
+    def _local(self, status: int, body: bytes, close: bool) -> None:
+        """Answer the current request ourselves."""
+        self._write(simple_response(status, body, self.router.server, close))
+        if close:
+            self.req = None
+            self.closing = True
+            if not self.out:
+                self._close()
+        else:
+            self._wait_request()
+
+    def _write(self, data) -> None:
+        if self.closed:
+            return
+        if self.out:
+            self.out.append(bytes(data))
+            return
+        try:
+            sent = self.sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self._close()
+            return
+        if sent < len(data):
+            self.out = [bytes(memoryview(data)[sent:])]
+
+    def _flush(self) -> None:
+        out = self.out
+        data = out[0] if len(out) == 1 else b"".join(out)
+        try:
+            sent = self.sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self._close()
+            return
+        if sent < len(data):
+            self.out = [data[sent:]]
+            return
+        self.out = None
+        if self.closing:
+            self._close()
+            return
+        up = self.up
+        if up is not None and up.readable:
+            self._read_upstream()  # the response may flow again
+        else:
+            self._resume()  # pipelined requests wait until their predecessors' answers left
+
+    def _close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._drop_upstream()
+        self.reactor.unregister(self.fd)
+        self.sock.close()
+        state = self.state
+        state.active -= 1
+        state.connections.discard(self)
+
+
+def _framing(req: Request, resp: Response) -> tuple[bytes, bool, bool]:
+    """(framing header line, re-chunk the body?, close to end the body?)"""
+    if req.method == b"HEAD" or resp.status == 304:
+        for name, value in resp.headers:
+            if name == b"content-length":
+                return b"content-length: %b\r\n" % value, False, False
+        return b"", False, False
+    if resp.status == 204:
+        return b"", False, False
+    if resp.content_length is not None:
+        return b"content-length: %d\r\n" % resp.content_length, False, False
+    if req.version == "1.1":
+        return CHUNKED, True, False
+    return b"", False, True  # an HTTP/1.0 client reads to EOF

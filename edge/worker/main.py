@@ -19,7 +19,7 @@ import sys
 import trio
 
 from edge.shm import StatCells
-from edge.worker.conn import serve_client
+from edge.worker.conn import ClientConnection
 from edge.worker.state import WorkerState
 from edge.worker.tablewatch import TableWatch
 
@@ -47,6 +47,7 @@ class Worker:
         async with trio.open_nursery() as nursery:
             self.nursery = nursery
             nursery.start_soon(self._heartbeat)
+            nursery.start_soon(self.state.reactor.run)
             nursery.start_soon(self._signals)
             while not self.watch.poll():  # no traffic before the first table
                 await trio.sleep(0.02)
@@ -78,9 +79,8 @@ class Worker:
 
     async def _accept_loop(self, lsock: socket.socket, port: int, scope: trio.CancelScope) -> None:
         state = self.state
-        # Connections run in the worker's nursery, not under `scope`: closing a listener
-        # (drain, Listener removed) must not cut the connections it accepted.
-        start = self.nursery.start_soon
+        # Connections live in the reactor, not under `scope`: closing a listener (drain,
+        # Listener removed) must not cut the connections it accepted.
         with scope:
             try:
                 while True:
@@ -95,7 +95,7 @@ class Worker:
                         continue
                     conn.setblocking(False)
                     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                    start(serve_client, state, conn, addr[0], port)
+                    ClientConnection(state, conn, addr[0], port)
             finally:
                 lsock.close()
 

@@ -2,28 +2,26 @@
 
 from __future__ import annotations
 
-import trio
-
+from edge.worker.reactor import Reactor
 from edge.worker.router import Router
 from edge.worker.upstream import Pool
 
-# One read buffer per worker: every recv is copied out (bytes(view[:n])) before the next
-# await, and trio runs one task at a time, so connections can share it.
+# One read buffer per worker: every read is parsed (and copied out by the parser) before
+# the next one, and the reactor runs one handler at a time, so connections share it.
 READ_SIZE = 65536
 
 
 class WorkerState:
     def __init__(self, *, header_timeout: float = 10.0, idle_timeout: float = 300.0):
         self.router: Router | None = None
-        self.pool = Pool()
+        self.reactor = Reactor()
+        self.pool = Pool(self.reactor)
         self.header_timeout = header_timeout
         self.idle_timeout = idle_timeout
         self.read_buf = bytearray(READ_SIZE)
         self.read_view = memoryview(self.read_buf)
         self.draining = False
-        # Timers of connections waiting idle for their next request; a drain cancels
-        # them so idle keep-alive connections close at once.
-        self.idle_timers: set[trio.CancelScope] = set()
+        self.connections: set = set()  # ClientConnection
         self.requests = 0
         self.active = 0
         self.internal_errors = 0
@@ -31,6 +29,8 @@ class WorkerState:
         self.upstream_errors = 0
 
     def start_drain(self) -> None:
+        """Close connections that wait idle for a request; the others close after their
+        current response (which says `connection: close`)."""
         self.draining = True
-        for timer in list(self.idle_timers):
-            timer.cancel()
+        for conn in list(self.connections):
+            conn.close_if_idle()

@@ -1,43 +1,111 @@
-"""Per-worker upstream connections: round-robin endpoint choice and a LIFO keep-alive pool."""
+"""Per-worker upstream connections: round-robin endpoint choice and a LIFO keep-alive pool.
+
+An UpstreamConn is a reactor handler. While it serves a request its events go to the
+client connection that owns it (`owner`); while it idles in the pool, any event on it
+means the upstream closed it or sent something unasked, and it is dropped at once (as
+nginx does), so a pooled connection never needs a check before it is reused.
+"""
 
 from __future__ import annotations
 
+import errno
 import socket
 import time
 
-import trio
-
 from edge.model import Cluster, Endpoint
-from edge.worker import net
 from edge.worker.proto.h1 import ResponseParser
+from edge.worker.reactor import READ_EVENTS, Handler, Reactor
 
 MAX_IDLE_PER_ENDPOINT = 128
 IDLE_TTL = 60.0
 
 
-class ConnectTimeout(Exception):
-    """The upstream did not accept the connection within connect_timeout_ms."""
+class UpstreamConn(Handler):
+    """One connection to an endpoint. `owner` gets on_upstream_event(self, mask)."""
 
+    __slots__ = ("sock", "fd", "key", "parser", "reused", "idle_since", "connected", "owner", "pool",
+                 "readable", "writable", "out")
 
-class UpstreamConn:
-    __slots__ = ("sock", "key", "parser", "reused", "idle_since")
-
-    def __init__(self, sock: socket.socket, key: tuple[str, int]):
+    def __init__(self, sock: socket.socket, key: tuple[str, int], pool: Pool, connected: bool):
+        super().__init__()
         self.sock = sock
+        self.fd = sock.fileno()
         self.key = key
+        self.pool = pool
         self.parser = ResponseParser()
         self.reused = False
         self.idle_since = 0.0
+        self.connected = connected
+        self.owner = None
+        self.readable = False
+        self.writable = False
+        self.out: list | None = None  # bytes the kernel did not take yet
+
+    def on_event(self, mask: int) -> None:
+        owner = self.owner
+        if owner is not None:
+            owner.on_upstream_event(self, mask)
+        elif mask & READ_EVENTS:  # idle in the pool: the upstream closed it, or misbehaves
+            self.pool.discard(self)
+
+    def on_timeout(self) -> None:
+        pass  # the owning client connection keeps the deadlines
+
+    def on_bug(self, exc: Exception) -> None:
+        if self.owner is not None:
+            self.owner.on_bug(exc)
+        else:
+            self.close()
+
+    def connect_error(self) -> int:
+        """After the first writable event of a non-blocking connect: 0 or an errno."""
+        return self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+
+    def send(self, data) -> bool:
+        """Send what the kernel takes now and keep the rest in `out`; True if all went.
+        Raises OSError (reset, broken pipe)."""
+        if self.out:
+            self.out.append(bytes(data))
+            return False
+        try:
+            sent = self.sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        if sent < len(data):
+            self.out = [bytes(memoryview(data)[sent:])]
+            self.writable = False
+            return False
+        return True
+
+    def flush(self) -> bool:
+        """Send kept bytes; True when none are left. Raises OSError."""
+        out = self.out
+        data = out[0] if len(out) == 1 else b"".join(out)
+        try:
+            sent = self.sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        if sent < len(data):
+            self.out = [data[sent:]]
+            self.writable = False
+            return False
+        self.out = None
+        return True
 
     def close(self) -> None:
-        self.sock.close()
+        if not self.closed:
+            self.closed = True
+            self.owner = None
+            self.pool.reactor.unregister(self.fd)
+            self.sock.close()
 
 
 class Pool:
     """Idle connections per endpoint, most recently used first (warm sockets, and the
     cold ones age out)."""
 
-    def __init__(self):
+    def __init__(self, reactor: Reactor):
+        self.reactor = reactor
         self._idle: dict[tuple[str, int], list[UpstreamConn]] = {}
         self._rr: dict[str, int] = {}
         self.connects = 0
@@ -52,35 +120,50 @@ class Pool:
         self._rr[cluster.name] = i + 1
         return eps[i % len(eps)]
 
-    async def acquire(self, ep: Endpoint, connect_timeout_ms: int) -> UpstreamConn:
-        """A pooled live connection to `ep`, or a new one.
-
-        Raises ConnectTimeout, or OSError (refused, unreachable) from connect.
-        """
+    def acquire(self, ep: Endpoint, owner) -> UpstreamConn:
+        """A pooled connection to `ep`, or a new one whose connect is under way
+        (`connected` False until its first writable event). Raises OSError when the
+        connect fails at once."""
         key = (ep.address, ep.port)
         idle = self._idle.get(key)
-        while idle:
+        if idle:
             conn = idle.pop()
-            if net.is_reusable(conn.sock):
-                conn.reused = True
-                self.reuses += 1
-                return conn
-            conn.close()
-        with trio.move_on_after(connect_timeout_ms / 1000) as scope:
-            sock = await net.connect(ep.address, ep.port)
-        if scope.cancelled_caught:
-            raise ConnectTimeout(f"connect to {ep.address}:{ep.port} timed out after {connect_timeout_ms} ms")
+            conn.reused = True
+            conn.owner = owner
+            self.reuses += 1
+            return conn
+        family = socket.AF_INET6 if ":" in ep.address else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            err = sock.connect_ex(key)
+            if err not in (0, errno.EINPROGRESS):
+                raise OSError(err, f"connect to {ep.address}:{ep.port}: {errno.errorcode.get(err, err)}")
+        except BaseException:
+            sock.close()
+            raise
+        conn = UpstreamConn(sock, key, self, connected=err == 0)
+        conn.owner = owner
+        self.reactor.register(conn.fd, conn)
         self.connects += 1
-        return UpstreamConn(sock, key)
+        return conn
 
     def release(self, conn: UpstreamConn) -> None:
-        """Return a connection whose last response was read completely."""
+        """Take back a connection whose last exchange ended cleanly."""
+        conn.owner = None
         idle = self._idle.setdefault(conn.key, [])
-        if len(idle) >= MAX_IDLE_PER_ENDPOINT:
-            conn.close()
+        if len(idle) >= MAX_IDLE_PER_ENDPOINT or conn.out or conn.readable:
+            conn.close()  # unread bytes after a complete response: not reusable
             return
         conn.idle_since = time.monotonic()
         idle.append(conn)
+
+    def discard(self, conn: UpstreamConn) -> None:
+        idle = self._idle.get(conn.key)
+        if idle and conn in idle:
+            idle.remove(conn)
+        conn.close()
 
     def sweep(self, now: float | None = None) -> int:
         """Close connections idle longer than IDLE_TTL; returns how many."""

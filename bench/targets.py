@@ -1,0 +1,178 @@
+"""The proxies under test and their shared upstream, as processes on free loopback ports.
+
+Every proxy is configured as an equivalent keep-alive reverse proxy to one nginx upstream
+that serves a small fixed body (/bench/) and a 1 MiB file (/bench/big).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIG = 1 << 20
+SMALL_BODY = "hello from the upstream"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Target:
+    """A running server: `procs` are what we started; CPU is summed over them and
+    their children (edge's workers)."""
+
+    name: str
+    port: int
+    procs: list[subprocess.Popen] = field(default_factory=list)
+
+    def pids(self) -> list[int]:
+        found = []
+        todo = [p.pid for p in self.procs]
+        while todo:
+            pid = todo.pop()
+            found.append(pid)
+            try:
+                for task in os.listdir(f"/proc/{pid}/task"):
+                    todo += [int(c) for c in Path(f"/proc/{pid}/task/{task}/children").read_text().split()]
+            except OSError:
+                pass
+        return found
+
+    def cpu_seconds(self) -> float:
+        """User plus system CPU time of the target's processes so far."""
+        tick = os.sysconf("SC_CLK_TCK")
+        total = 0
+        for pid in self.pids():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        return total / tick
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+def wait_http(port: int, path: str = "/bench/") -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2).read()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"nothing answers on port {port}") from None
+            time.sleep(0.05)
+
+
+def _nginx(work: Path, name: str, port: int, body: str) -> Target:
+    conf = work / f"{name}.conf"
+    conf.write_text(f"""
+worker_processes 1;
+daemon off;
+pid {work}/{name}.pid;
+error_log {work}/{name}.err warn;
+events {{ worker_connections 8192; }}
+http {{
+  access_log off;
+  client_body_temp_path {work}/{name}-body; proxy_temp_path {work}/{name}-proxy;
+  fastcgi_temp_path {work}/{name}-fcgi; uwsgi_temp_path {work}/{name}-uwsgi; scgi_temp_path {work}/{name}-scgi;
+  keepalive_requests 1000000;
+  {body}
+}}
+""")
+    return Target(name, port, [subprocess.Popen(["nginx", "-c", str(conf)])])
+
+
+def upstream(work: Path) -> Target:
+    (work / "big").write_bytes(os.urandom(BIG))
+    port = free_port()
+    return _nginx(work, "upstream", port, f"""
+  server {{ listen 127.0.0.1:{port} backlog=4096;
+    location = /bench/big {{ alias {work}/big; }}
+    location / {{ return 200 '{SMALL_BODY}'; }} }}""")
+
+
+def nginx(work: Path, up: int) -> Target:
+    port = free_port()
+    return _nginx(work, "nginx", port, f"""
+  upstream backend {{ server 127.0.0.1:{up}; keepalive 512; keepalive_requests 1000000; }}
+  server {{ listen 127.0.0.1:{port} backlog=4096;
+    location / {{ proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ''; }} }}""")
+
+
+def haproxy(work: Path, up: int) -> Target:
+    port = free_port()
+    conf = work / "haproxy.cfg"
+    conf.write_text(f"""
+global
+  nbthread 1
+  maxconn 8000
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  http-reuse always
+frontend fe
+  bind 127.0.0.1:{port}
+  default_backend be
+backend be
+  server up 127.0.0.1:{up} maxconn 2000
+""")
+    return Target("haproxy", port, [subprocess.Popen(["haproxy", "-db", "-f", str(conf)])])
+
+
+def edge_config(directory: Path, port: int, up: int, mappings: int) -> None:
+    """A Listener and `mappings` prefix Mappings; /bench/ is the one in the middle."""
+    directory.mkdir(parents=True, exist_ok=True)
+    docs = [f"""apiVersion: getambassador.io/v3alpha1
+kind: Listener
+metadata: {{name: http}}
+spec: {{port: {port}, protocol: HTTP, securityModel: XFP, hostBinding: {{namespace: {{from: ALL}}}}}}
+"""]
+    middle = mappings // 2
+    for i in range(mappings):
+        prefix = "/bench/" if i == middle else f"/svc-{i}/"
+        docs.append(f"""apiVersion: getambassador.io/v3alpha1
+kind: Mapping
+metadata: {{name: m{i}}}
+spec: {{prefix: "{prefix}", rewrite: "", service: "127.0.0.1:{up}"}}
+""")
+    (directory / "edge.yaml").write_text("---\n".join(docs))
+
+
+def edge(work: Path, name: str, up: int, workers: int, mappings: int = 1) -> Target:
+    port, admin = free_port(), free_port()
+    cfg = work / name
+    edge_config(cfg, port, up, mappings)
+    proc = subprocess.Popen([sys.executable, "-m", "edge", "serve", "-c", str(cfg), "--workers", str(workers),
+                             "--admin-addr", f"127.0.0.1:{admin}", "--log-level", "WARNING"], cwd=ROOT)
+    return Target(name, port, [proc])
+
+
+def require(*tools: str) -> None:
+    missing = [t for t in tools if not shutil.which(t)]
+    if missing:
+        sys.exit(f"{', '.join(missing)} not found: run `make bench`, which installs them")
