@@ -2,7 +2,7 @@
 
 A Router is built once per table generation (regexes compiled, virtual hosts indexed by
 listener port) and then only read, so a request costs a dict lookup for the virtual host
-and a walk of that host's ordered routes.
+and a probe of that host's route index (see RouteIndex).
 """
 
 from __future__ import annotations
@@ -23,11 +23,12 @@ class CompiledTarget:
 
 
 class CompiledRoute:
-    __slots__ = ("route", "kind", "path", "regex", "method", "host", "host_kind", "host_re",
+    __slots__ = ("route", "order", "kind", "path", "regex", "method", "host", "host_kind", "host_re",
                  "headers", "query", "targets", "case_sensitive")
 
-    def __init__(self, route: Route):
+    def __init__(self, route: Route, order: int = 0):
         self.route = route
+        self.order = order  # position in the table: the precedence order
         self.kind = route.path_kind
         self.case_sensitive = route.case_sensitive
         self.path = route.path if route.case_sensitive else route.path.lower()
@@ -83,41 +84,114 @@ def glob_match(glob: str, name: str) -> bool:
 
 class _VhostIndex:
     """Picks the virtual host for a Host header: exact, then the longest suffix wildcard,
-    then the longest prefix wildcard, then '*' (Envoy's order)."""
+    then the longest prefix wildcard, then '*' (Envoy's order). Wildcards are grouped by
+    length, so a lookup costs one dict probe per distinct wildcard length."""
 
     def __init__(self, vhosts: list[tuple[str, list[CompiledRoute]]]):
-        self.exact: dict[str, list[CompiledRoute]] = {}
-        self.suffix: list[tuple[str, list[CompiledRoute]]] = []
-        self.prefix: list[tuple[str, list[CompiledRoute]]] = []
-        self.star: list[CompiledRoute] | None = None
+        self.exact: dict[str, RouteIndex] = {}
+        suffix: dict[int, dict[str, list[CompiledRoute]]] = {}
+        prefix: dict[int, dict[str, list[CompiledRoute]]] = {}
+        exact: dict[str, list[CompiledRoute]] = {}
+        star: list[CompiledRoute] | None = None
         for hostname, routes in vhosts:
             if hostname == "*":
-                self.star = routes if self.star is None else _merge(self.star, routes)
+                star = routes if star is None else _merge(star, routes)
             elif hostname.startswith("*"):
-                self.suffix.append((hostname[1:], routes))
+                group = suffix.setdefault(len(hostname) - 1, {})
+                key = hostname[1:]
+                group[key] = _merge(group[key], routes) if key in group else routes
             elif hostname.endswith("*"):
-                self.prefix.append((hostname[:-1], routes))
+                group = prefix.setdefault(len(hostname) - 1, {})
+                key = hostname[:-1]
+                group[key] = _merge(group[key], routes) if key in group else routes
             else:
-                self.exact[hostname] = _merge(self.exact[hostname], routes) if hostname in self.exact else routes
-        self.suffix.sort(key=lambda s: -len(s[0]))
-        self.prefix.sort(key=lambda s: -len(s[0]))
+                exact[hostname] = _merge(exact[hostname], routes) if hostname in exact else routes
+        self.exact = {h: RouteIndex(r) for h, r in exact.items()}
+        self.suffix = [(n, {k: RouteIndex(r) for k, r in g.items()}) for n, g in sorted(suffix.items(), reverse=True)]
+        self.prefix = [(n, {k: RouteIndex(r) for k, r in g.items()}) for n, g in sorted(prefix.items(), reverse=True)]
+        self.star = RouteIndex(star) if star is not None else None
 
-    def lookup(self, host: str) -> list[CompiledRoute] | None:
-        routes = self.exact.get(host)
-        if routes is not None:
-            return routes
-        for suffix, routes in self.suffix:
-            if host.endswith(suffix) and len(host) > len(suffix):
-                return routes
-        for prefix, routes in self.prefix:
-            if host.startswith(prefix) and len(host) > len(prefix):
-                return routes
+    def lookup(self, host: str) -> RouteIndex | None:
+        index = self.exact.get(host)
+        if index is not None:
+            return index
+        n = len(host)
+        for length, group in self.suffix:
+            if n > length:
+                index = group.get(host[-length:])
+                if index is not None:
+                    return index
+        for length, group in self.prefix:
+            if n > length:
+                index = group.get(host[:length])
+                if index is not None:
+                    return index
         return self.star
 
 
 def _merge(a: list[CompiledRoute], b: list[CompiledRoute]) -> list[CompiledRoute]:
     seen = {id(r) for r in a}
-    return a + [r for r in b if id(r) not in seen]
+    merged = a + [r for r in b if id(r) not in seen]
+    merged.sort(key=lambda r: r.order)
+    return merged
+
+
+class RouteIndex:
+    """One virtual host's routes in precedence order, indexed so that a request looks
+    only at routes whose path could match it: prefix routes by their prefix (one dict
+    probe per distinct prefix length), exact routes by their path, regex routes always.
+    The cost of a lookup does not grow with the number of routes."""
+
+    def __init__(self, routes: list[CompiledRoute]):
+        self.routes = routes
+        self.prefix: dict[str, list[int]] = {}
+        self.prefix_ci: dict[str, list[int]] = {}
+        self.exact: dict[str, list[int]] = {}
+        self.exact_ci: dict[str, list[int]] = {}
+        self.always: list[int] = []
+        for i, r in enumerate(routes):
+            if r.kind == "prefix":
+                table = self.prefix if r.case_sensitive else self.prefix_ci
+            elif r.kind == "exact":
+                table = self.exact if r.case_sensitive else self.exact_ci
+            else:
+                self.always.append(i)
+                continue
+            table.setdefault(r.path, []).append(i)
+        self.prefix_lengths = sorted({len(k) for k in self.prefix})
+        self.prefix_ci_lengths = sorted({len(k) for k in self.prefix_ci})
+        self.case_insensitive = bool(self.prefix_ci or self.exact_ci)
+
+    def candidates(self, path: str) -> list[int]:
+        """Positions of the routes whose path may match, in precedence order."""
+        found: list[int] = []
+        n = len(path)
+        prefix = self.prefix
+        for length in self.prefix_lengths:
+            if length > n:
+                break
+            hit = prefix.get(path[:length])
+            if hit is not None:
+                found += hit
+        hit = self.exact.get(path)
+        if hit is not None:
+            found += hit
+        if self.case_insensitive:
+            lower = path.lower()
+            for length in self.prefix_ci_lengths:
+                if length > n:
+                    break
+                hit = self.prefix_ci.get(lower[:length])
+                if hit is not None:
+                    found += hit
+            hit = self.exact_ci.get(lower)
+            if hit is not None:
+                found += hit
+        if self.always:
+            found += self.always
+        if len(found) > 1:
+            found.sort()
+        return found
 
 
 class Router:
@@ -130,7 +204,7 @@ class Router:
         self.server = table.settings.server_name.encode()
         self.max_head = table.settings.max_request_headers_kb * 1024
         self.clusters: dict[str, Cluster] = {c.name: c for c in table.clusters}
-        compiled = [CompiledRoute(r) for r in table.routes]
+        compiled = [CompiledRoute(r, order) for order, r in enumerate(table.routes)]
         self.listeners: dict[int, ListenerSpec] = {}
         self._vhosts: dict[int, _VhostIndex] = {}
         for listener in table.listeners:
@@ -151,12 +225,14 @@ class Router:
         if index is None:
             return None
         name = host.rsplit(":", 1)[0] if ":" in host and not host.endswith("]") else host
-        routes = index.lookup(name)
-        if not routes:
+        vhost = index.lookup(name)
+        if vhost is None:
             return None
+        routes = vhost.routes
         header_map = None
         query_map = None
-        for r in routes:
+        for i in vhost.candidates(path):
+            r = routes[i]
             matched = r.match_path(path)
             if matched < 0:
                 continue
