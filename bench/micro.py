@@ -62,13 +62,13 @@ def run() -> dict[str, float]:
     req = req_parser.events.popleft()
     req_parser.events.clear()
     results["h1_request_head"] = per_call_us(lambda: request_head(
-        req.method, "/x", "", req.headers, client_ip="127.0.0.1", xfp=b"http", trust_xff=False,
+        req.method, "/x", "", req.headers, connection=req.connection, client_ip="127.0.0.1", xfp=b"http", trust_xff=False,
         original_path="/svc-5/x", rules=rules, suppress_envoy=False, chunked=False, content_length=None), 20000)
     resp_parser.feed(NGINX_RESPONSE)
     resp = resp_parser.events.popleft()
     resp_parser.events.clear()
     results["h1_response_head"] = per_call_us(lambda: response_head(
-        resp.status, resp.reason, resp.headers, rules=rules, server=b"edge", service_time_ms=1,
+        resp.status, resp.reason, resp.headers, connection=resp.connection, rules=rules, server=b"edge", service_time_ms=1,
         framing=b"content-length: 23\r\n", close=False), 20000)
 
     results["route_match_10"] = per_call_us(lambda: small.match(8080, "127.0.0.1", "/svc-5/x", b"GET", [], ""), 20000)

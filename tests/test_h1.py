@@ -29,7 +29,7 @@ def test_pipelined_and_split_feeds():
 def test_chunked_with_trailers():
     events = parse(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
                    b"3\r\nabc\r\n0\r\nX-Sum: 1\r\n\r\n")
-    assert events[0].chunked and events[1] == Body(b"abc") and events[2] == End([(b"X-Sum", b"1")])
+    assert events[0].chunked and events[1] == Body(b"abc") and events[2] == End([(b"x-sum", b"1")])
 
 
 @pytest.mark.parametrize("data, status", [
@@ -88,3 +88,15 @@ def test_serialisation():
     assert chunk(b"abc") == b"3\r\nabc\r\n"
     assert last_chunk([]) == b"0\r\n\r\n"
     assert last_chunk([(b"a", b"b")]) == b"0\r\na: b\r\n\r\n"
+
+
+def test_connection_tokens_and_special_headers_are_reported():
+    req = parse(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, X-Private\r\nConnection: Foo\r\n"
+                b"Expect: 100-continue\r\nContent-Length: 0\r\n\r\n")[0]
+    assert req.connection == {b"keep-alive", b"x-private", b"foo"}
+    assert req.host == b"x" and req.expect_continue and req.content_length == 0 and not req.has_body
+    assert parse(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")[0].connection == frozenset()
+    p = ResponseParser()
+    p.feed(b"HTTP/1.1 200 OK\r\nConnection: close, X-Up\r\nContent-Length: 0\r\n\r\n")
+    resp = p.events[0]
+    assert resp.connection == {b"close", b"x-up"} and resp.content_length == 0 and not resp.keep_alive

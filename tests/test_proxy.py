@@ -8,6 +8,7 @@ import pytest
 
 from edge.model import HeaderOp, Target
 from edge.worker.proto.h1 import ClientError
+from edge.worker.proto.h1 import NO_TOKENS, connection_tokens
 from edge.worker.proxy import header_rules, normalize_path, request_head, response_head, rewrite_path, split_target
 
 
@@ -45,7 +46,7 @@ def test_request_head_hop_by_hop_and_forwarding():
     head = request_head(b"GET", "/x", "q=1", [(b"host", b"h"), (b"connection", b"close, x-private"),
                                               (b"x-private", b"p"), (b"te", b"trailers"), (b"x-forwarded-for", b"1.2.3.4"),
                                               (b"x-forwarded-proto", b"https"), (b"x-request-id", b"r")],
-                        client_ip="127.0.0.9", xfp=b"http", trust_xff=False, original_path="/api/x?q=1",
+                        connection=connection_tokens([b"close, X-Private"]), client_ip="127.0.0.9", xfp=b"http", trust_xff=False, original_path="/api/x?q=1",
                         rules=_rules(add_request_headers=(HeaderOp("x-a", "1", True),)),
                         suppress_envoy=False, chunked=False, content_length=None)
     assert head.startswith(b"GET /x?q=1 HTTP/1.1\r\nhost: h\r\n")
@@ -58,7 +59,7 @@ def test_request_head_hop_by_hop_and_forwarding():
 
 def test_response_head():
     head = response_head(200, b"", [(b"server", b"up"), (b"keep-alive", b"t=5"), (b"x-b", b"2"), (b"x-c", b"3")],
-                         rules=_rules(remove_response_headers=("x-c",), add_response_headers=(HeaderOp("x-b", "9", False),)),
+                         connection=NO_TOKENS, rules=_rules(remove_response_headers=("x-c",), add_response_headers=(HeaderOp("x-b", "9", False),)),
                          server=b"edge", service_time_ms=7, framing=b"content-length: 0\r\n", close=True)
     assert head == (b"HTTP/1.1 200 OK\r\nx-b: 9\r\nserver: edge\r\nx-envoy-upstream-service-time: 7\r\n"
                     b"content-length: 0\r\nconnection: close\r\n\r\n")

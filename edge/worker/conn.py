@@ -56,7 +56,7 @@ CHUNKED = b"transfer-encoding: chunked\r\n"
 
 class ClientConnection(Handler):
     __slots__ = (
-        "state", "reactor", "sock", "fd", "peer", "port", "parser", "router", "phase",
+        "state", "reactor", "sock", "fd", "peer", "port", "port_suffix", "parser", "router", "phase",
         "readable", "out", "closing", "busy",
         # the request being answered
         "req", "target", "cluster", "endpoint", "head", "attempts", "up", "head_sent", "request_sent",
@@ -72,6 +72,7 @@ class ClientConnection(Handler):
         self.fd = sock.fileno()
         self.peer = peer
         self.port = port
+        self.port_suffix = f":{port}"
         self.router = state.router
         self.parser = RequestParser(self.router.max_head)
         self.readable = False
@@ -287,27 +288,29 @@ class ClientConnection(Handler):
             return
         try:
             path, query = split_target(req.target)
-            path = normalize_path(path, settings.merge_slashes)
+            if "%" in path or "/." in path or "//" in path:
+                path = normalize_path(path, settings.merge_slashes)
         except ClientError as exc:
             state.client_errors += 1
             self._local(exc.status, exc.reason.encode(), close=True)
             return
         host = req.host.decode("latin-1").lower() if req.host else ""
-        if settings.strip_matching_host_port and host.endswith(f":{self.port}"):
-            host = host[: -len(str(self.port)) - 1]
+        if settings.strip_matching_host_port and host.endswith(self.port_suffix):
+            host = host[: -len(self.port_suffix)]
         found = router.match(self.port, host, path, req.method, req.headers, query)
         if found is None:
             self._local(404, b"", close=must_close)
             return
         route, matched = found
-        self.target = target = pick_target(route, random.randrange(100))
+        targets = route.targets
+        self.target = target = targets[0] if len(targets) == 1 else pick_target(route, int(random.random() * 100))
         t = target.target
         self.cluster = router.clusters[t.cluster]
         listener = router.listeners[self.port]
         new_path = rewrite_path(path, matched, t.rewrite, target.regex_rewrite, t.regex_rewrite_substitution)
         original = (path + ("?" + query if query else "")) if new_path != path else None
         self.head = request_head(
-            req.method, new_path, query, req.headers, client_ip=self.peer, xfp=b"http",
+            req.method, new_path, query, req.headers, connection=req.connection, client_ip=self.peer, xfp=b"http",
             trust_xff=listener.l7_depth > 0 or settings.xff_num_trusted_hops > 0,
             original_path=original, rules=target.headers, suppress_envoy=settings.suppress_envoy_headers,
             chunked=req.chunked, content_length=req.content_length)
@@ -341,21 +344,18 @@ class ClientConnection(Handler):
             connect_deadline = time.monotonic() + self.cluster.connect_timeout_ms / 1000
             self.reactor.set_deadline(self, min(self.request_deadline, connect_deadline))
 
-    def _exchange_deadline(self) -> None:
+    def _exchange_deadline(self, now: float) -> None:
         idle = self.idle_s
-        deadline = self.request_deadline
-        if idle:
-            deadline = min(deadline, time.monotonic() + idle)
-        self.reactor.set_deadline(self, deadline)
+        self.reactor.set_deadline(self, min(self.request_deadline, now + idle) if idle else self.request_deadline)
 
     def _send_head(self) -> None:
         up = self.up
         req = self.req
         self.phase = EXCHANGE
-        self._exchange_deadline()
+        self.sent_at = now = time.monotonic()
+        self._exchange_deadline(now)
         if req.method == b"HEAD":
             up.parser.expect_no_body()
-        self.sent_at = time.monotonic()
         try:
             up.send(self.head)
         except OSError as exc:
@@ -420,7 +420,7 @@ class ClientConnection(Handler):
                 self._upstream_gone(f"upstream reset before response: {exc}")
                 return
             if self.idle_s:
-                self._exchange_deadline()
+                self._exchange_deadline(time.monotonic())
             if self._relay(events):
                 return
 
@@ -459,7 +459,8 @@ class ClientConnection(Handler):
         self.keep_upstream = resp.keep_alive
         service_ms = None if settings.suppress_envoy_headers else int((time.monotonic() - self.sent_at) * 1000)
         self.response_started = True
-        return response_head(resp.status, resp.reason, resp.headers, rules=self.target.headers,
+        return response_head(resp.status, resp.reason, resp.headers, connection=resp.connection,
+                             rules=self.target.headers,
                              server=self.router.server, service_time_ms=service_ms,
                              framing=framing, close=self.close_client)
 

@@ -125,36 +125,32 @@ def header_rules(t: Target) -> HeaderRules:
     )
 
 
-def connection_tokens(headers: list) -> frozenset:
-    """Header names listed in Connection (hop-by-hop for this message only)."""
-    tokens = set()
-    for name, value in headers:
-        if name == b"connection":
-            tokens.update(t.strip().lower() for t in value.split(b","))
-    return frozenset(tokens)
+class RequestIds:
+    """x-request-id values in the version-4 UUID format: 74 random bits drawn once per
+    process, then a 48-bit counter. Request ids must be unique, not secret; uuid.uuid4()
+    costs a getrandom syscall per call, this a format."""
+
+    def __init__(self):
+        h = b"%032x" % (getrandbits(128) & _UUID_CLEAR | _UUID_SET)
+        self._prefix = b"%b-%b-%b-%b-" % (h[:8], h[8:12], h[12:16], h[16:20])
+        self._count = getrandbits(47)  # random start: two processes seldom share a prefix and a count
+
+    def next(self) -> bytes:
+        self._count = count = (self._count + 1) & 0xFFFFFFFFFFFF
+        return b"%b%012x" % (self._prefix, count)
 
 
-def _dropped(base: frozenset, headers: list) -> frozenset:
-    tokens = connection_tokens(headers)
-    return base | tokens if tokens else base
-
-
-# A version-4 UUID from Python's Mersenne Twister: request ids need to be unique, not
-# secret, and uuid.uuid4() asks the kernel for entropy on every call (a syscall each).
 _UUID_CLEAR = ~((0xF000 << 64) | (0xC000 << 48)) & ((1 << 128) - 1)
 _UUID_SET = (0x4000 << 64) | (0x8000 << 48)
+request_id = RequestIds().next
 
 
-def request_id() -> bytes:
-    h = b"%032x" % (getrandbits(128) & _UUID_CLEAR | _UUID_SET)
-    return b"%b-%b-%b-%b-%b" % (h[:8], h[8:12], h[12:16], h[16:20], h[20:])
-
-
-def request_head(method: bytes, path: str, query: str, headers: list, *, client_ip: str,
+def request_head(method: bytes, path: str, query: str, headers: list, *, connection: frozenset, client_ip: str,
                  xfp: bytes, trust_xff: bool, original_path: str | None, rules: HeaderRules,
                  suppress_envoy: bool, chunked: bool, content_length: int | None) -> bytes:
-    """The upstream request head (HTTP/1.1, keep-alive) for one target of a route."""
-    drop = _dropped(rules.request_drop, headers)
+    """The upstream request head (HTTP/1.1, keep-alive) for one target of a route.
+    `connection` holds the tokens of the client's Connection header (dropped too)."""
+    drop = rules.request_drop | connection if connection else rules.request_drop
     host_rewrite = rules.host_rewrite
     lines = [b"%b %b HTTP/1.1\r\n" % (method, (path + ("?" + query if query else "")).encode())]
     has_xrid = False
@@ -189,11 +185,12 @@ def request_head(method: bytes, path: str, query: str, headers: list, *, client_
     return b"".join(lines)
 
 
-def response_head(status: int, reason: bytes, headers: list, *, rules: HeaderRules, server: bytes,
-                  service_time_ms: int | None, framing: bytes, close: bool) -> bytes:
+def response_head(status: int, reason: bytes, headers: list, *, connection: frozenset, rules: HeaderRules,
+                  server: bytes, service_time_ms: int | None, framing: bytes, close: bool) -> bytes:
     """The head sent to the client. `framing` is the content-length/transfer-encoding
-    line (or b"") chosen by the caller; `service_time_ms` None omits the envoy header."""
-    drop = _dropped(rules.response_drop, headers)
+    line (or b"") chosen by the caller; `service_time_ms` None omits the envoy header;
+    `connection` holds the tokens of the upstream's Connection header (dropped too)."""
+    drop = rules.response_drop | connection if connection else rules.response_drop
     lines = [b"HTTP/1.1 %d %b\r\n" % (status, REASONS.get(status) or reason or b"Unknown")]
     for name, value in headers:
         if name not in drop:

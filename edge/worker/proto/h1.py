@@ -42,10 +42,8 @@ class Request:
     host: bytes | None
     expect_continue: bool
     upgrade: bool
-
-    @property
-    def has_body(self) -> bool:
-        return self.chunked or bool(self.content_length)
+    connection: frozenset  # lower-cased tokens of Connection: hop-by-hop for this message
+    has_body: bool  # chunked, or a Content-Length above 0
 
 
 @dataclass(slots=True)
@@ -57,10 +55,8 @@ class Response:
     keep_alive: bool
     chunked: bool
     content_length: int | None
-
-    @property
-    def informational(self) -> bool:
-        return 100 <= self.status < 200
+    connection: frozenset
+    informational: bool  # 1xx
 
 
 @dataclass(slots=True)
@@ -73,10 +69,12 @@ class End:
     trailers: list  # [(name, value)]; empty unless chunked with trailers
 
 
-def _framing(headers: list, is_request: bool, version: str):
-    """Check Content-Length / Transfer-Encoding; return (chunked, content_length)."""
-    lengths = [v for n, v in headers if n == b"content-length"]
-    codings = [v for n, v in headers if n == b"transfer-encoding"]
+def _framing(lengths: list, codings: list, is_request: bool, version: str):
+    """Check the Content-Length and Transfer-Encoding values; return (chunked, content_length)."""
+    if len(lengths) == 1 and not codings:
+        value = lengths[0]
+        if value.isdigit() and len(value) <= 18:
+            return False, int(value)
     error = ClientError if is_request else None
     content_length = None
     if lengths:
@@ -100,15 +98,36 @@ def _framing(headers: list, is_request: bool, version: str):
     return chunked, content_length
 
 
+NO_TOKENS: frozenset = frozenset()
+
+
+def connection_tokens(values: list) -> frozenset:
+    """The lower-cased tokens of Connection header values. The two usual values name no
+    header of their own (Keep-Alive is hop-by-hop anyway)."""
+    if len(values) == 1 and values[0].lower() in (b"keep-alive", b"close"):
+        return NO_TOKENS
+    return frozenset(t.strip().lower() for v in values for t in v.split(b","))
+
+
+def _head_size(first_line: bytes, headers: list) -> int:
+    """Bytes of a head as counted against the limits (measured only for large feeds: a
+    head inside a feed no longer than the limit is within it)."""
+    return len(first_line) + sum(len(n) + len(v) + 4 for n, v in headers)
+
+
 def _fail(error, reason: str):
     if error is ClientError:
         raise ClientError(400, reason)
     raise UpstreamError(reason)
 
 
-# httptools holds a header line in memory until it ends. Besides counting complete header
-# lines against max_head, bound the raw bytes fed while a head is unfinished; the slack
-# covers the bytes of earlier pipelined messages in the same feed (one read, <= 64 KiB).
+_REQUEST_SPECIAL = frozenset({b"host", b"content-length", b"transfer-encoding", b"connection", b"expect",
+                              b"upgrade"})
+_RESPONSE_SPECIAL = frozenset({b"content-length", b"transfer-encoding", b"connection"})
+
+# httptools holds a header line in memory until it ends. A complete head is measured
+# against max_head; the raw bytes fed while a head is unfinished are bounded too. The
+# slack covers the bytes of earlier pipelined messages in the same feed (one read).
 UNFINISHED_HEAD_SLACK = 64 * 1024
 
 
@@ -126,13 +145,13 @@ class RequestParser:
         self._reset_message()
         self.messages_started = 0
         self.in_message = False
+        self._fed = 0
 
     def _reset_message(self):
         self._url = b""
-        self._headers: list = []
-        self._head_bytes = 0
+        self._fields: list = []  # the headers; after the head, the trailers
+        self._special: list = []  # the headers our framing rules look at
         self._headers_done = False
-        self._trailers: list = []
         self._unfinished_bytes = 0
 
     # -- httptools callbacks (run inside feed) --
@@ -143,52 +162,63 @@ class RequestParser:
 
     def on_url(self, url: bytes):
         self._url += url
-        self._count(len(url))
-
-    def _count(self, n: int):
-        self._head_bytes += n
-        if self._head_bytes > self.max_head:
+        if len(self._url) > self.max_head:
             raise ClientError(431, "request headers too large")
 
     def on_header(self, name: bytes, value: bytes):
-        if self._headers_done:
-            self._trailers.append((name, value))
-            return
-        self._count(len(name) + len(value) + 4)
-        self._headers.append((name.lower(), value))
+        name = name.lower()
+        self._fields.append((name, value))
+        if name in _REQUEST_SPECIAL:
+            self._special.append((name, value))
 
     def on_headers_complete(self):
         self._headers_done = True
+        headers = self._fields
+        self._fields = []
+        if self._fed + self._unfinished_bytes > self.max_head and _head_size(self._url, headers) > self.max_head:
+            raise ClientError(431, "request headers too large")
         p = self._parser
         version = p.get_http_version()
-        headers = self._headers
-        chunked, length = _framing(headers, True, version)
-        hosts = [v for n, v in headers if n == b"host"]
-        if len(hosts) > 1:
-            raise ClientError(400, "more than one Host header")
-        if not hosts and version == "1.1":
-            raise ClientError(400, "HTTP/1.1 request without Host")
-        expect = False
-        upgrade = False
-        for n, v in headers:
-            if n == b"expect":
+        host = None
+        hosts = 0
+        lengths, codings, connection = [], [], []
+        expect = upgrade = False
+        for n, v in self._special:
+            if n == b"host":
+                host = v
+                hosts += 1
+            elif n == b"content-length":
+                lengths.append(v)
+            elif n == b"transfer-encoding":
+                codings.append(v)
+            elif n == b"connection":
+                connection.append(v)
+            elif n == b"expect":
                 if v.lower() != b"100-continue":
                     raise ClientError(417, f"unsupported Expect {v[:30]!r}")
                 expect = version == "1.1"
-            elif n == b"upgrade":
+            else:  # upgrade
                 upgrade = True
+        chunked, length = _framing(lengths, codings, True, version) if lengths or codings else (False, None)
+        if hosts > 1:
+            raise ClientError(400, "more than one Host header")
+        if not hosts and version == "1.1":
+            raise ClientError(400, "HTTP/1.1 request without Host")
         self.events.append(Request(p.get_method(), self._url, version, headers, p.should_keep_alive(),
-                                   chunked, length, hosts[0] if hosts else None, expect, upgrade))
+                                   chunked, length, host, expect, upgrade,
+                                   connection_tokens(connection) if connection else NO_TOKENS,
+                                   chunked or bool(length)))
 
     def on_body(self, body: bytes):
         self.events.append(Body(body))
 
     def on_message_complete(self):
         self.in_message = False
-        self.events.append(End(self._trailers))
+        self.events.append(End(self._fields))
 
     def feed(self, data: bytes) -> None:
         """Parse `data`; raise ClientError on malformed or hostile input."""
+        self._fed = len(data)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
@@ -223,10 +253,11 @@ class ResponseParser:
 
     def _new_parser(self):
         self._parser = httptools.HttpResponseParser(self)
-        self._headers: list = []
-        self._trailers: list = []
+        self._fields: list = []  # the headers; after the head, the trailers
+        self._special: list = []
         self._headers_done = False
-        self._head_bytes = 0
+        self._unfinished_bytes = 0
+        self._fed = 0
         self._reason = b""
         self._skip = False
         self._informational = False
@@ -237,31 +268,41 @@ class ResponseParser:
         self._no_body = True
 
     def on_message_begin(self):
-        self._headers, self._trailers, self._headers_done, self._head_bytes = [], [], False, 0
+        self._fields, self._special, self._headers_done, self._unfinished_bytes = [], [], False, 0
         self.in_message = True
 
     def on_status(self, reason: bytes):
         self._reason += reason
 
     def on_header(self, name: bytes, value: bytes):
-        if self._headers_done:
-            self._trailers.append((name, value))
-            return
-        self._head_bytes += len(name) + len(value) + 4
-        if self._head_bytes > self.max_head:
-            raise UpstreamError("response headers too large")
-        self._headers.append((name.lower(), value))
+        name = name.lower()
+        self._fields.append((name, value))
+        if name in _RESPONSE_SPECIAL:
+            self._special.append((name, value))
 
     def on_headers_complete(self):
         self._headers_done = True
+        headers = self._fields
+        self._fields = []
+        if self._fed + self._unfinished_bytes > self.max_head and _head_size(self._reason, headers) > self.max_head:
+            raise UpstreamError("response headers too large")
         p = self._parser
         status = p.get_status_code()
         version = p.get_http_version()
-        chunked, length = _framing(self._headers, False, version)
+        lengths, codings, connection = [], [], []
+        for n, v in self._special:
+            if n == b"content-length":
+                lengths.append(v)
+            elif n == b"transfer-encoding":
+                codings.append(v)
+            else:
+                connection.append(v)
+        chunked, length = _framing(lengths, codings, False, version) if lengths or codings else (False, None)
         no_body = status in (204, 304) or 100 <= status < 200 or self._no_body
         if no_body:
             chunked, length = False, None
-        resp = Response(status, self._reason, version, self._headers, p.should_keep_alive(), chunked, length)
+        resp = Response(status, self._reason, version, headers, p.should_keep_alive(), chunked, length,
+                        connection_tokens(connection) if connection else NO_TOKENS, 100 <= status < 200)
         self._reason = b""
         self.events.append(resp)
         if 100 <= status < 200:
@@ -286,9 +327,10 @@ class ResponseParser:
             self._informational = False
             return
         self.in_message = False
-        self.events.append(End(self._trailers))
+        self.events.append(End(self._fields))
 
     def feed(self, data: bytes) -> None:
+        self._fed = len(data)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
@@ -301,6 +343,10 @@ class ResponseParser:
             raise UpstreamError(f"malformed response: {exc}") from None
         if self._skip:
             self._new_parser()
+        elif self.in_message and not self._headers_done:
+            self._unfinished_bytes += len(data)
+            if self._unfinished_bytes > self.max_head + UNFINISHED_HEAD_SLACK:
+                raise UpstreamError("response headers too large")
 
     def feed_eof(self) -> None:
         """The upstream closed; ends a close-delimited body, else raises UpstreamError."""
