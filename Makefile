@@ -1,10 +1,12 @@
 # make run  : install into .venv, start a local upstream and `edge serve` on config/quickstart
 # make test : install into .venv (with test extras) and run the whole suite
-# make bench: wrk side by side with nginx (installs wrk and nginx when missing)
+# make bench: wrk side by side with nginx and haproxy, every scenario (installs wrk, nginx,
+#             haproxy and matplotlib when missing); BENCH_ARGS passes options to python -m bench
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.bench-installed
 
 .PHONY: run test bench check clean
 
@@ -26,10 +28,15 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-bench: $(STAMP)
-	@command -v wrk >/dev/null && command -v nginx >/dev/null || \
-		(apt-get update -qq && apt-get install -y -qq wrk nginx-light)
-	$(BIN)/python -m bench
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install -q -e '.[bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	@command -v wrk >/dev/null && command -v nginx >/dev/null && command -v haproxy >/dev/null || \
+		(apt-get update -qq && apt-get install -y -qq wrk nginx-light haproxy)
+	$(BIN)/python -m bench.micro
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 check: $(STAMP)
 	$(BIN)/edge check config/quickstart

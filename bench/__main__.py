@@ -86,8 +86,10 @@ def main() -> None:
         for name in chosen:
             scenario = SCENARIOS[name]
             for t in scenario.targets:  # warm-up: pools, caches, the kernel's accept queues
-                wrk.run(running[t].port, scenario.path, connections=scenario.connections, duration=1,
-                        close=scenario.close)
+                warm = wrk.run(running[t].port, scenario.path, connections=scenario.connections, duration=1,
+                               close=scenario.close)
+                if warm["errors"]:
+                    raise SystemExit(f"{name}: {t} answered {warm['errors']} errors during the warm-up")
             runs: dict[str, list[dict]] = {t: [] for t in scenario.targets}
             for _ in range(args.rounds):
                 for t in scenario.targets:

@@ -4,23 +4,31 @@
 
 HTTP/1 parse of the request wrk sends and of nginx's answer, the upstream request head and
 the client response head, route match at 10 and 10,000 Mappings, and the decode of a
-10,000-Mapping table as a worker does on every reload. Results also go to
-bench/results/micro.json.
+10,000-Mapping table as a worker does on every reload, and one whole request through
+the connection handler in-process (client and upstream on local sockets, no scheduler):
+its CPU time, the CPU time of the same socket calls alone, and how many Python and C
+function calls it makes. Results also go to bench/results/micro.json.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import socket
+import sys
+import time
 import timeit
 from pathlib import Path
 
 from edge import codec
 from edge.resources.base import RawObject
 from edge.supervisor.compile import compile
+from edge.worker.conn import ClientConnection
 from edge.worker.proto.h1 import RequestParser, ResponseParser
 from edge.worker.proxy import request_head, response_head
+from edge.worker.reactor import EPOLLIN, EPOLLOUT
 from edge.worker.router import Router
+from edge.worker.state import WorkerState
 
 ROOT = Path(__file__).resolve().parent.parent
 WRK_REQUEST = b"GET /bench/ HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n"
@@ -37,6 +45,78 @@ def mappings(n: int) -> list[RawObject]:
 
 def per_call_us(fn, number: int) -> float:
     return min(timeit.repeat(fn, number=number, repeat=5)) / number * 1e6
+
+
+def request_cycle(n: int = 20000) -> dict[str, float]:
+    """Drive ClientConnection by hand: the client sends what wrk sends, the upstream
+    answers what nginx answers, and the handler's callbacks run as the reactor would run
+    them. The socket calls of both peers are timed alone too, so the difference is the
+    Python work edge does per request."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    port = listener.getsockname()[1]
+    state = WorkerState()
+    state.router = Router(compile([RawObject("Mapping", "default", "bench", "bench.yaml",
+                                             {"prefix": "/bench/", "rewrite": "", "service": f"127.0.0.1:{port}"})]
+                                  + mappings(9))[0])
+    ours, client = socket.socketpair()
+    ours.setblocking(False)
+    conn = ClientConnection(state, ours, "127.0.0.1", 8080)
+    client.send(WRK_REQUEST)
+    conn.on_event(EPOLLIN)
+    upstream, _ = listener.accept()
+    pooled = conn.up
+    conn.on_upstream_event(pooled, EPOLLOUT)
+    upstream.recv(65536)
+    upstream.send(NGINX_RESPONSE)
+    time.sleep(0.05)
+    conn.on_upstream_event(pooled, EPOLLIN)
+    if not client.recv(65536).startswith(b"HTTP/1.1 200"):
+        raise RuntimeError("the in-process request cycle failed")
+
+    def cycle():
+        client.send(WRK_REQUEST)
+        conn.on_event(EPOLLIN)
+        upstream.recv(65536)
+        upstream.send(NGINX_RESPONSE)
+        conn.on_upstream_event(conn.up, EPOLLIN)
+        client.recv(65536)
+
+    def sockets_alone():
+        client.send(WRK_REQUEST)
+        ours.recv(65536)
+        pooled.sock.send(WRK_REQUEST)
+        upstream.recv(65536)
+        upstream.send(NGINX_RESPONSE)
+        pooled.sock.recv(65536)
+        ours.send(NGINX_RESPONSE)
+        client.recv(65536)
+
+    out = {}
+    for name, fn in (("request_cycle", cycle), ("request_cycle_sockets_alone", sockets_alone)):
+        for _ in range(n // 10):
+            fn()
+        best = []
+        for _ in range(3):
+            start = time.process_time()
+            for _ in range(n):
+                fn()
+            best.append((time.process_time() - start) / n * 1e6)
+        out[name] = min(best)
+    calls = [0]
+
+    def count(frame, event, arg):
+        if event in ("call", "c_call"):
+            calls[0] += 1
+    sys.setprofile(count)
+    for _ in range(100):
+        cycle()
+    sys.setprofile(None)
+    out["request_cycle_function_calls"] = calls[0] / 100
+    for s in (client, ours, upstream, listener):
+        s.close()
+    return out
 
 
 def run() -> dict[str, float]:
@@ -79,6 +159,7 @@ def run() -> dict[str, float]:
     payload = codec.encode(big_table)
     results["table_decode_10000_us"] = per_call_us(lambda: codec.decode(payload), 3)
     results["router_build_10000_us"] = per_call_us(lambda: Router(big_table), 3)
+    results.update(request_cycle())
     return {k: round(v, 3) for k, v in results.items()}
 
 
@@ -89,8 +170,9 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "micro.json").write_text(json.dumps(results, indent=2) + "\n")
     width = max(map(len, results))
-    for name, us in results.items():
-        print(f"{name:<{width}}  {us:>12,.2f} µs")
+    for name, value in results.items():
+        unit = "" if name.endswith("_calls") else " µs"
+        print(f"{name:<{width}}  {value:>12,.2f}{unit}")
 
 
 if __name__ == "__main__":

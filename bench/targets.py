@@ -106,7 +106,9 @@ http {{
 
 
 def upstream(work: Path) -> Target:
+    work.chmod(0o755)  # nginx's workers run as nobody and must read the 1 MiB file
     (work / "big").write_bytes(os.urandom(BIG))
+    (work / "big").chmod(0o644)
     port = free_port()
     return _nginx(work, "upstream", port, f"""
   server {{ listen 127.0.0.1:{port} backlog=4096;
@@ -119,7 +121,8 @@ def nginx(work: Path, up: int) -> Target:
     return _nginx(work, "nginx", port, f"""
   upstream backend {{ server 127.0.0.1:{up}; keepalive 512; keepalive_requests 1000000; }}
   server {{ listen 127.0.0.1:{port} backlog=4096;
-    location / {{ proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ''; }} }}""")
+    location / {{ proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection '';
+      proxy_buffer_size 64k; proxy_buffers 8 64k; proxy_busy_buffers_size 128k; proxy_max_temp_file_size 0; }} }}""")
 
 
 def haproxy(work: Path, up: int) -> Target:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import socket
 
 import trio
@@ -9,6 +10,7 @@ import trio
 from edge.resources.base import RawObject
 from edge.supervisor.compile import compile
 from edge.worker.conn import ClientConnection
+from edge.worker.reactor import EPOLLIN
 from edge.worker.router import Router
 from edge.worker.state import WorkerState
 
@@ -38,3 +40,28 @@ async def test_our_own_bug_is_a_500_and_a_counter(caplog):
     assert b"connection: close" in answer
     assert state.internal_errors == 1 and state.active == 0
     assert "a bug of ours" in caplog.text
+
+
+def test_closed_connections_leave_no_garbage_cycles_and_no_timer_backlog():
+    """A stream of short connections must be freed by reference counting (a full GC
+    collection pauses the worker) and must not grow the timer heap: each one leaves an
+    idle-timeout entry due minutes later."""
+    table, _ = compile([RawObject("Mapping", "default", "m", "f.yaml", {"prefix": "/m/", "service": "127.0.0.1:1"})])
+    state = WorkerState()
+    state.router = Router(table)
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(3000):
+            ours, client = socket.socketpair()
+            ours.setblocking(False)
+            with client:
+                conn = ClientConnection(state, ours, "127.0.0.1", 8080)
+                client.sendall(b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+                conn.on_event(EPOLLIN)
+                assert client.recv(4096).startswith(b"HTTP/1.1 404 Not Found\r\n")
+        assert state.active == 0
+        assert len(state.reactor._timers) <= 2048
+        assert gc.collect() == 0
+    finally:
+        gc.enable()

@@ -539,7 +539,9 @@ class ClientConnection(Handler):
         self.closed = True
         self._drop_upstream()
         self.reactor.unregister(self.fd)
+        self.reactor.forget(self)
         self.sock.close()
+        self.parser.close()
         state = self.state
         state.active -= 1
         state.connections.discard(self)

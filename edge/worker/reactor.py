@@ -60,6 +60,7 @@ class Reactor:
         self._epoll = select.epoll()
         self._handlers: dict[int, Handler] = {}
         self._timers: list = []
+        self._stale = 0  # heap entries whose handler closed or moved its deadline earlier
         self._seq = itertools.count()
         self.now = time.monotonic()
         self.batches = 0
@@ -86,14 +87,30 @@ class Reactor:
         """Call handler.on_timeout() once `deadline` has passed (math.inf: never)."""
         handler.deadline = deadline
         if deadline < handler.scheduled:
+            if handler.scheduled < math.inf:
+                self._stale += 1  # its later entry stays in the heap until popped
             handler.scheduled = deadline
             heapq.heappush(self._timers, (deadline, next(self._seq), handler))
+
+    def forget(self, handler: Handler) -> None:
+        """A closed handler's timer entries are dead. When dead entries are the majority,
+        the heap is rebuilt without them, so a stream of short connections with long
+        idle timeouts cannot grow it (or keep their handlers alive) without bound."""
+        if handler.scheduled < math.inf:
+            handler.scheduled = math.inf
+            self._stale += 1
+        timers = self._timers
+        if self._stale > 1024 and self._stale * 2 > len(timers):
+            self._timers[:] = [t for t in timers if not t[2].closed and t[0] == t[2].scheduled]
+            heapq.heapify(timers)
+            self._stale = 0
 
     def _fire_timers(self, now: float) -> None:
         timers = self._timers
         while timers and timers[0][0] <= now:
             when, _, handler = heapq.heappop(timers)
             if handler.closed or when != handler.scheduled:
+                self._stale = max(0, self._stale - 1)
                 continue  # superseded by an earlier entry, or its handler is gone
             handler.scheduled = math.inf
             if handler.deadline <= now:

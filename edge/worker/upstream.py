@@ -98,6 +98,7 @@ class UpstreamConn(Handler):
             self.owner = None
             self.pool.reactor.unregister(self.fd)
             self.sock.close()
+            self.parser.close()
 
 
 class Pool:
