@@ -197,7 +197,8 @@ class ClientConnection(Handler):
             return  # the loop below is already running further up the stack
         self.busy = True
         try:
-            self._process()
+            if self.parser.events:
+                self._process()
             state = self.state
             sock = self.sock
             while self.readable and self._wants_read():

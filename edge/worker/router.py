@@ -233,12 +233,14 @@ class Router:
         query_map = None
         for i in vhost.candidates(path):
             r = routes[i]
-            matched = r.match_path(path)
+            # the index only offers prefix and exact routes whose path matches
+            kind = r.kind
+            matched = len(r.path) if kind == "prefix" else len(path) if kind == "exact" else r.match_path(path)
             if matched < 0:
                 continue
             if r.method is not None and r.method != method:
                 continue
-            if not r.match_host(host):
+            if r.host_kind != "any" and not r.match_host(host):
                 continue
             if r.headers:
                 if header_map is None:

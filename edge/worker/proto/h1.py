@@ -69,6 +69,9 @@ class End:
     trailers: list  # [(name, value)]; empty unless chunked with trailers
 
 
+END = End([])  # the end of a message without trailers (shared: never mutated)
+
+
 def _framing(lengths: list, codings: list, is_request: bool, version: str):
     """Check the Content-Length and Transfer-Encoding values; return (chunked, content_length)."""
     if len(lengths) == 1 and not codings:
@@ -221,7 +224,7 @@ class RequestParser:
 
     def on_message_complete(self):
         self.in_message = False
-        self.events.append(End(self._fields))
+        self.events.append(End(self._fields) if self._fields else END)
 
     close = _close_parser
 
@@ -336,7 +339,7 @@ class ResponseParser:
             self._informational = False
             return
         self.in_message = False
-        self.events.append(End(self._fields))
+        self.events.append(End(self._fields) if self._fields else END)
 
     close = _close_parser
 
