@@ -36,6 +36,7 @@ class Target:
     name: str
     port: int
     procs: list[subprocess.Popen] = field(default_factory=list)
+    admin: int | None = None
 
     def pids(self) -> list[int]:
         found = []
@@ -49,6 +50,18 @@ class Target:
             except OSError:
                 pass
         return found
+
+    def rss_mib(self) -> dict[int, float]:
+        """Resident memory of each process, by pid."""
+        out = {}
+        for pid in self.pids():
+            try:
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        out[pid] = int(line.split()[1]) / 1024
+            except OSError:
+                pass
+        return out
 
     def cpu_seconds(self) -> float:
         """User plus system CPU time of the target's processes so far."""
@@ -147,14 +160,18 @@ backend be
     return Target("haproxy", port, [subprocess.Popen(["haproxy", "-db", "-f", str(conf)])])
 
 
-def edge_config(directory: Path, port: int, up: int, mappings: int) -> None:
-    """A Listener and `mappings` prefix Mappings; /bench/ is the one in the middle."""
-    directory.mkdir(parents=True, exist_ok=True)
-    docs = [f"""apiVersion: getambassador.io/v3alpha1
+def listener_yaml(port: int) -> str:
+    return f"""apiVersion: getambassador.io/v3alpha1
 kind: Listener
 metadata: {{name: http}}
 spec: {{port: {port}, protocol: HTTP, securityModel: XFP, hostBinding: {{namespace: {{from: ALL}}}}}}
-"""]
+"""
+
+
+def edge_config(directory: Path, port: int, up: int, mappings: int) -> None:
+    """A Listener and `mappings` prefix Mappings; /bench/ is the one in the middle."""
+    directory.mkdir(parents=True, exist_ok=True)
+    docs = [listener_yaml(port)]
     middle = mappings // 2
     for i in range(mappings):
         prefix = "/bench/" if i == middle else f"/svc-{i}/"
@@ -167,12 +184,20 @@ spec: {{prefix: "{prefix}", rewrite: "", service: "127.0.0.1:{up}"}}
 
 
 def edge(work: Path, name: str, up: int, workers: int, mappings: int = 1) -> Target:
-    port, admin = free_port(), free_port()
-    cfg = work / name
-    edge_config(cfg, port, up, mappings)
-    proc = subprocess.Popen([sys.executable, "-m", "edge", "serve", "-c", str(cfg), "--workers", str(workers),
+    port = free_port()
+    edge_config(work / name, port, up, mappings)
+    return edge_serving(work / name, name, port, workers)
+
+
+def edge_serving(directory: Path, name: str, port: int, workers: int) -> Target:
+    """`edge serve` on a configuration directory whose Listener is on `port`; the admin
+    port is in `target.admin`."""
+    admin = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "edge", "serve", "-c", str(directory), "--workers", str(workers),
                              "--admin-addr", f"127.0.0.1:{admin}", "--log-level", "WARNING"], cwd=ROOT)
-    return Target(name, port, [proc])
+    target = Target(name, port, [proc])
+    target.admin = admin
+    return target
 
 
 def require(*tools: str) -> None:

@@ -1,4 +1,5 @@
-"""The files source: directories (or files) of multi-document YAML, watched by polling.
+"""The files source: directories (or files) of multi-document YAML, watched with inotify
+(polling as the fallback).
 
 `load(paths)` is the one-shot read used by `edge check` and by the watcher; `watch` emits a
 new Snapshot whenever a file is added, removed or changed, or when `reload` is set (SIGHUP).
@@ -14,6 +15,7 @@ import yaml
 
 from edge.model import Diagnostic
 from edge.resources.base import AMBASSADOR_GROUP, Invalid, RawObject, str_labels
+from edge.supervisor.sources.inotify import Inotify
 
 SUFFIXES = (".yaml", ".yml", ".json")
 
@@ -105,19 +107,58 @@ def load(paths: list[str], default_namespace: str = "default") -> Snapshot:
     return Snapshot(tuple(objects), tuple(diags))
 
 
+def watched_directories(paths: list[str]) -> list[str]:
+    """Every directory whose entries can change the configuration."""
+    dirs = set()
+    for path in paths:
+        if os.path.isdir(path):
+            for root, subdirs, _ in os.walk(path):
+                subdirs[:] = [d for d in subdirs if not d.startswith(".")]
+                dirs.add(root)
+        else:
+            dirs.add(os.path.dirname(os.path.abspath(path)))
+    return sorted(dirs)
+
+
 async def watch(paths: list[str], send: trio.MemorySendChannel, *, interval: float = 0.1,
                 default_namespace: str = "default", reload_events: trio.MemoryReceiveChannel | None = None) -> None:
     """Send a Snapshot now and after every change; `reload_events` is a receive channel of
-    forced re-reads (SIGHUP). Runs until cancelled."""
-    last = None
-    while True:
-        sig = signature(paths)
-        if sig != last:
-            last = sig
-            await send.send(load(paths, default_namespace))
-        if reload_events is None:
-            await trio.sleep(interval)
-            continue
-        with trio.move_on_after(interval):
-            await reload_events.receive()
+    forced re-reads (SIGHUP). Changes are noticed through inotify at once, or by polling
+    the files' signature every `interval` seconds. Runs until cancelled."""
+    wake_send, wake_receive = trio.open_memory_channel(1)
+    notifier = Inotify.available()
+    try:
+        async with trio.open_nursery() as nursery:
+            if notifier is not None:
+                nursery.start_soon(_forward_inotify, notifier, wake_send)
+            if reload_events is not None:
+                nursery.start_soon(_forward_reloads, reload_events, wake_send)
             last = None
+            while True:
+                if notifier is not None:
+                    notifier.watch(watched_directories(paths))
+                sig = signature(paths)
+                if sig != last:
+                    last = sig
+                    await send.send(load(paths, default_namespace))
+                with trio.move_on_after(interval):
+                    if await wake_receive.receive():
+                        last = None  # forced: re-read even if nothing seems changed
+    finally:
+        if notifier is not None:
+            notifier.close()  # the nursery has ended: nobody waits on its fd any more
+
+
+async def _forward_inotify(notifier: Inotify, wake: trio.MemorySendChannel) -> None:
+    while True:
+        await trio.lowlevel.wait_readable(notifier.fileno())
+        notifier.drain()
+        try:
+            wake.send_nowait(False)
+        except trio.WouldBlock:
+            pass  # a wake-up is already pending
+
+
+async def _forward_reloads(reload_events: trio.MemoryReceiveChannel, wake: trio.MemorySendChannel) -> None:
+    async for _ in reload_events:
+        await wake.send(True)
