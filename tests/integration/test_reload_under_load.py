@@ -46,7 +46,6 @@ async def test_changes_of_every_kind_under_load_fail_no_request(make_edge, upstr
 
 
 async def test_the_load_generator_counts_failures(make_edge, upstream):
-    from tests.conftest import free_port, mapping
     dead = f"127.0.0.1:{free_port()}"
     edge = make_edge({"m.yaml": mapping("ok", upstream.service, "/ok/") + mapping("dead", dead, "/dead/")})
     load = LoadGenerator(edge.port, ["/ok/", "/dead/"], connections=2)
