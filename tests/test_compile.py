@@ -109,3 +109,40 @@ def test_host_association_and_listener_binding():
 def test_same_input_same_table():
     objs = [m(f"m{i}", f"/p{i}/") for i in range(20)]
     assert compile(objs)[0] == compile(list(reversed(objs)))[0]
+
+
+def test_host_association_index_agrees_with_the_rule_on_random_configurations():
+    import random
+
+    from edge.supervisor import compile as compiler
+    from edge.supervisor.compile import mapping_attaches
+    rng = random.Random(11)
+    names = ["a.example.com", "b.example.com", "*.example.com", "a.*", "*", "A.Example.com", "c.org", "*.org"]
+    for trial in range(30):
+        objs = [obj("Host", f"h{j}", {"hostname": rng.choice(names),
+                                       **({"mappingSelector": {"matchLabels": {"team": "x"}}} if rng.random() < 0.2 else {})})
+                for j in range(rng.randrange(1, 6))]
+        for i in range(rng.randrange(1, 12)):
+            spec = {}
+            r = rng.random()
+            if r < 0.4:
+                spec["hostname"] = rng.choice(names)
+            elif r < 0.5:
+                spec["host"] = rng.choice([n for n in names if "*" not in n])
+            elif r < 0.6:
+                spec.update(host="[a-c]\\\\.example\\\\.com", host_regex=True)
+            objs.append(obj("Mapping", f"m{i}", {"prefix": f"/p{i % 4}/", "service": "10.0.0.1:80", **spec},
+                            labels={"team": "x"} if rng.random() < 0.5 else None))
+        table, _ = compile(objs)
+        # reference: every (Host, route) pair through the rule itself
+        diags = compiler._Diags()
+        module = compiler.compile_module([], diags)
+        hosts = compiler.compile_hosts([o for o in objs if o.kind == "Host"], diags)
+        mappings = compiler.compile_mappings([o for o in objs if o.kind == "Mapping"], module, diags)
+        routes, _ = compiler.build_routes(mappings, module, diags)
+        assert len(table.virtual_hosts) == len(hosts)
+        for vh in table.virtual_hosts:
+            ns, name = vh.name.split("/")
+            spec = next(s for o, s in hosts if o.name == name)
+            expected = tuple(i for i, (_, members) in enumerate(routes) if any(mapping_attaches(spec, m) for m in members))
+            assert vh.routes == expected, (trial, vh, [o.spec for o in objs])

@@ -336,14 +336,60 @@ def mapping_attaches(host: HostSpec, m: _Mapping) -> bool:
 
 def associate_hosts(hosts: list[tuple[RawObject, HostSpec]], routes: list[tuple[Route, list[_Mapping]]],
                     mappings: list[_Mapping]) -> list[VirtualHost]:
+    """Each Host's virtual host: the routes with a member Mapping that attaches to it
+    (mapping_attaches), in route order. Hosts without a mappingSelector, the usual case,
+    go through an index of the Mappings' hostnames, so 1,000 Hosts and 10,000 Mappings
+    cost a dict probe per exact name instead of ten million glob comparisons."""
     if not hosts:
         return [VirtualHost("*", "*", tuple(range(len(routes))))]
+    index = _HostnameIndex(routes)
     vhosts = []
     for obj, spec in sorted(hosts, key=lambda h: (h[1].hostname, h[0].namespace, h[0].name)):
-        attached = tuple(i for i, (_, members) in enumerate(routes)
-                         if any(mapping_attaches(spec, m) for m in members))
+        if spec.selector is None:
+            attached = index.attached(spec.hostname)
+        else:
+            attached = tuple(i for i, (_, members) in enumerate(routes)
+                             if any(mapping_attaches(spec, m) for m in members))
         vhosts.append(VirtualHost(f"{obj.namespace}/{obj.name}", spec.hostname, attached))
     return vhosts
+
+
+class _HostnameIndex:
+    """Routes by the hostname their Mappings name, for Hosts without a mappingSelector
+    (where a Mapping attaches when its hostname glob can match the Host's)."""
+
+    def __init__(self, routes: list[tuple[Route, list[_Mapping]]]):
+        self.always: set[int] = set()  # regex hosts, no hostname, or "*"
+        self.exact: dict[str, set[int]] = {}
+        self.globs: dict[str, set[int]] = {}
+        for i, (_, members) in enumerate(routes):
+            for m in members:
+                s = m.spec
+                if s.host is not None and s.host_regex:
+                    self.always.add(i)
+                    continue
+                named = (s.host if s.host is not None else s.hostname) or "*"
+                named = named.lower()
+                if named == "*":
+                    self.always.add(i)
+                elif "*" in named:
+                    self.globs.setdefault(named, set()).add(i)
+                else:
+                    self.exact.setdefault(named, set()).add(i)
+
+    def attached(self, hostname: str) -> tuple[int, ...]:
+        hostname = hostname.lower()
+        found = set(self.always)
+        if "*" in hostname:
+            for name, members in self.exact.items():
+                if hostglob_matches(hostname, name):
+                    found |= members
+        else:
+            found |= self.exact.get(hostname, set())
+        for glob, members in self.globs.items():
+            if hostglob_matches(hostname, glob):
+                found |= members
+        return tuple(sorted(found))
 
 
 def bind_listeners(listeners: list[tuple[RawObject | None, ListenerInput]],
