@@ -14,12 +14,16 @@ def _ms(text: str, label: str) -> float:
     return float(m.group(1)) * _SCALE[m.group(2)]
 
 
-def run(port: int, path: str, *, connections: int, duration: float, close: bool = False) -> dict:
+def run(port: int, path: str, *, connections: int, duration: float, close: bool = False,
+        host: str | None = None) -> dict:
     """wrk -t2 against 127.0.0.1:port; `close` sends Connection: close (a new
-    connection per request). Returns requests, rps, p50/p99 ms, bytes/s and errors."""
+    connection per request), `host` a Host header. Returns requests, rps, p50/p99 ms,
+    bytes/s and errors."""
     cmd = ["wrk", "-t2", f"-c{connections}", f"-d{int(duration)}s", "--latency"]
     if close:
         cmd += ["-H", "Connection: close"]
+    if host:
+        cmd += ["-H", f"Host: {host}"]
     out = subprocess.run(cmd + [f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True,
                          check=True).stdout
     requests = int(re.search(r"(\d+) requests in", out).group(1))

@@ -23,11 +23,22 @@ class CodecError(ValueError):
     """The payload is not a RouteTable of this schema version."""
 
 
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+_SCALARS = frozenset({str, int, float, bool, bytes, type(None)})
+
+
 def _to_plain(value):
-    if dataclasses.is_dataclass(value):
-        return [_to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)]
-    if isinstance(value, tuple):
+    kind = type(value)
+    if kind in _SCALARS:
+        return value
+    names = _FIELD_NAMES.get(kind)
+    if names is not None:
+        return [_to_plain(getattr(value, n)) for n in names]
+    if kind is tuple:
         return [_to_plain(v) for v in value]
+    if dataclasses.is_dataclass(value):
+        _FIELD_NAMES[kind] = tuple(f.name for f in dataclasses.fields(value))
+        return _to_plain(value)
     return value
 
 

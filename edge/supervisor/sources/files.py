@@ -78,32 +78,63 @@ def parse_document(doc, source: str, default_namespace: str) -> RawObject:
                      labels=str_labels(meta.get("labels"), "metadata.labels"), api_version=api)
 
 
-def load(paths: list[str], default_namespace: str = "default") -> Snapshot:
+# libyaml's parser when PyYAML was built with it: ten times faster on 10,000 Mappings
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def load_file(path: str, default_namespace: str = "default") -> tuple[list[RawObject], list[Diagnostic]]:
+    """One file's objects (ours only) and diagnostics."""
     objects: list[RawObject] = []
     diags: list[Diagnostic] = []
-    files = config_files(paths)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            docs = list(yaml.load_all(fh, Loader=_YAML_LOADER))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        return [], [_file_diag(path, f"cannot read YAML: {exc}".replace("\n", " "))]
+    for i, doc in enumerate(docs):
+        if doc is None:
+            continue
+        try:
+            obj = parse_document(doc, path, default_namespace)
+        except Invalid as exc:
+            diags.append(Diagnostic("error", path, str(doc.get("kind", "?")) if isinstance(doc, dict) else "?",
+                                    default_namespace, f"document {i + 1}", exc.field, exc.message))
+            continue
+        if obj.api_version and not obj.api_version.startswith(AMBASSADOR_GROUP + "/"):
+            continue  # Kubernetes objects beside ours (Services, Deployments) are not ours to read
+        objects.append(obj)
+    return objects, diags
+
+
+def load(paths: list[str], default_namespace: str = "default", cache: dict | None = None) -> Snapshot:
+    """Read every config file. With `cache` (a dict kept by the caller), a file whose
+    stat signature is unchanged is not parsed again: an edit to one file of many costs
+    one file's parse."""
+    objects: list[RawObject] = []
+    diags: list[Diagnostic] = []
     for path in paths:
         if not os.path.exists(path):
             diags.append(_file_diag(path, "no such file or directory"))
-    for f in files:
+    seen = set()
+    for f in config_files(paths):
+        seen.add(f)
         try:
-            with open(f, encoding="utf-8") as fh:
-                docs = list(yaml.safe_load_all(fh))
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-            diags.append(_file_diag(f, f"cannot read YAML: {exc}".replace("\n", " ")))
-            continue
-        for i, doc in enumerate(docs):
-            if doc is None:
-                continue
-            try:
-                obj = parse_document(doc, f, default_namespace)
-            except Invalid as exc:
-                diags.append(Diagnostic("error", f, str(doc.get("kind", "?")) if isinstance(doc, dict) else "?",
-                                        default_namespace, f"document {i + 1}", exc.field, exc.message))
-                continue
-            if obj.api_version and not obj.api_version.startswith(AMBASSADOR_GROUP + "/"):
-                continue  # Kubernetes objects beside ours (Services, Deployments) are not ours to read
-            objects.append(obj)
+            st = os.stat(f)
+            key = (st.st_mtime_ns, st.st_size, st.st_ino, default_namespace)
+        except OSError:
+            key = None
+        hit = cache.get(f) if cache is not None and key is not None else None
+        if hit is not None and hit[0] == key:
+            file_objects, file_diags = hit[1], hit[2]
+        else:
+            file_objects, file_diags = load_file(f, default_namespace)
+            if cache is not None and key is not None:
+                cache[f] = (key, file_objects, file_diags)
+        objects += file_objects
+        diags += file_diags
+    if cache is not None:
+        for gone in set(cache) - seen:
+            del cache[gone]
     return Snapshot(tuple(objects), tuple(diags))
 
 
@@ -134,16 +165,18 @@ async def watch(paths: list[str], send: trio.MemorySendChannel, *, interval: flo
             if reload_events is not None:
                 nursery.start_soon(_forward_reloads, reload_events, wake_send)
             last = None
+            cache: dict = {}
             while True:
                 if notifier is not None:
                     notifier.watch(watched_directories(paths))
                 sig = signature(paths)
                 if sig != last:
                     last = sig
-                    await send.send(load(paths, default_namespace))
+                    await send.send(load(paths, default_namespace, cache))
                 with trio.move_on_after(interval):
                     if await wake_receive.receive():
-                        last = None  # forced: re-read even if nothing seems changed
+                        last = None  # forced: re-read everything even if nothing seems changed
+                        cache.clear()
     finally:
         if notifier is not None:
             notifier.close()  # the nursery has ended: nobody waits on its fd any more
