@@ -49,7 +49,7 @@ class Worker:
             nursery.start_soon(self._heartbeat)
             nursery.start_soon(self.state.reactor.run)
             nursery.start_soon(self._signals)
-            while not self.watch.poll():  # no traffic before the first table
+            while not await self.watch.poll():  # no traffic before the first table
                 await trio.sleep(0.02)
             self._publish_generation()
             for spec in self.args.listen:
@@ -106,7 +106,7 @@ class Worker:
             except BlockingIOError:
                 with trio.move_on_after(POLL_INTERVAL):
                     await trio.lowlevel.wait_readable(self.ctrl)
-                self._reload()
+                await self._reload()
                 continue
             if not msg:  # supervisor closed its end
                 self.stopping.set()
@@ -115,10 +115,10 @@ class Worker:
                 self._listen(int(msg[1:]), socket.socket(fileno=fds[0]))
             elif msg[:1] == b"U":
                 self._unlisten(int(msg[1:]))
-            self._reload()
+            await self._reload()
 
-    def _reload(self) -> None:
-        if self.watch.poll():
+    async def _reload(self) -> None:
+        if await self.watch.poll():
             self._publish_generation()
         self.stats.set(self.slot, "table_load_failures", self.watch.failures)
 

@@ -136,3 +136,24 @@ def test_worker_crash_loop_backs_off(make_edge, upstream):
     assert workers[0]["restarts"] == 3 and len(pids) == 3
     assert httpx.get(edge.url("/m/")).status_code == 200
     assert "restart in 0.4s" in edge.output()  # 0.1, 0.2, 0.4: exponential, not a tight loop
+
+
+def test_a_stopped_worker_is_detected_by_its_heartbeat_and_replaced(make_edge, upstream):
+    edge = make_edge({"m.yaml": mapping("m", upstream.service, "/m/")})
+    victim = edge.worker_pids()[0]
+    os.kill(victim, signal.SIGSTOP)
+    stopped = time.monotonic()
+    try:
+        while True:
+            workers = edge.config()["workers"]
+            if workers[0]["pid"] not in (None, victim) and workers[0]["generation"]:
+                break
+            assert time.monotonic() - stopped < 5.0, workers
+            time.sleep(0.05)
+    finally:
+        try:
+            os.kill(victim, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert 2.5 < time.monotonic() - stopped < 5.0  # the heartbeat timeout (3 s), not a crash
+    assert httpx.get(edge.url("/m/")).status_code == 200
