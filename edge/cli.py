@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="seconds without a worker heartbeat before it is replaced (env EDGE_HEARTBEAT_TIMEOUT)")
     serve.add_argument("--dns-refresh", type=float, default=float(_env("EDGE_DNS_REFRESH", 30)),
                        help="seconds between re-resolving service names (env EDGE_DNS_REFRESH)")
+    serve.add_argument("--max-table-mb", type=float, default=float(_env("EDGE_MAX_TABLE_MB", 256)),
+                       help="a route table encoding to more than this is rejected whole; the last good one "
+                            "keeps serving (env EDGE_MAX_TABLE_MB)")
     serve.add_argument("--log-level", default=_env("EDGE_LOG_LEVEL", "INFO"))
 
     check = sub.add_parser("check", help="compile configuration offline and print every diagnostic")
@@ -75,4 +78,5 @@ def main(argv: list[str] | None = None) -> None:
     run(Options(config_paths=paths, workers=max(1, args.workers), admin_addr=args.admin_addr,
                 ambassador_id=args.ambassador_id, namespace=args.namespace, dns_refresh=args.dns_refresh,
                 heartbeat_timeout=args.heartbeat_timeout, drain_timeout=args.drain_timeout,
-                header_timeout=args.header_timeout, idle_timeout=args.idle_timeout, log_level=args.log_level))
+                header_timeout=args.header_timeout, idle_timeout=args.idle_timeout, log_level=args.log_level,
+                max_table_bytes=int(args.max_table_mb * (1 << 20))))

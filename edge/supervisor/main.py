@@ -21,7 +21,7 @@ from edge.shm import StatCells
 from edge.supervisor import compile as compiler
 from edge.supervisor.admin import serve_admin
 from edge.supervisor.arbiter import Arbiter
-from edge.supervisor.publish import Publisher
+from edge.supervisor.publish import Publisher, TableTooLarge
 from edge.supervisor.resolver import resolve_all
 from edge.supervisor.sources import files
 
@@ -45,6 +45,7 @@ class Options:
     header_timeout: float = 10.0
     idle_timeout: float = 300.0
     log_level: str = "INFO"
+    max_table_bytes: int = 256 << 20
     worker_args: list[str] = field(default_factory=list)
 
 
@@ -53,7 +54,7 @@ class Supervisor:
         self.opts = opts
         self.prefix = f"edge-{os.getpid()}-{secrets.token_hex(4)}"
         self.stats = StatCells(f"{self.prefix}-stats", opts.workers, create=True)
-        self.publisher = Publisher(self.prefix)
+        self.publisher = Publisher(self.prefix, max_bytes=opts.max_table_bytes)
         worker_args = ["--header-timeout", str(opts.header_timeout), "--idle-timeout", str(opts.idle_timeout),
                        "--drain-timeout", str(opts.drain_timeout), "--log-level", opts.log_level]
         self.arbiter = Arbiter(opts.workers, self.publisher.first_segment, self.stats, worker_args,
@@ -65,6 +66,8 @@ class Supervisor:
         self.failed_dns: list[str] = []
         self.dns_diagnostics: list[Diagnostic] = []
         self.compile_count = 0
+        self.tables_rejected = 0
+        self.rejection: list[Diagnostic] = []  # why the newest table was not published
         self.last_apply_ms = 0.0
         self.stopping = trio.Event()
 
@@ -75,13 +78,15 @@ class Supervisor:
         options = compiler.CompileOptions(ambassador_id=self.opts.ambassador_id)
         table, diags = compiler.compile(snapshot.objects, options)
         self.compile_count += 1
+        last_good = self.compiled
         self.compiled = table
         self.diagnostics = sorted(list(snapshot.diagnostics) + diags, key=compiler.diag_key)
         for d in self.diagnostics:
             if d.severity == "error":
                 log.warning("%s", d.format())
         await self._refresh_dns(force=False)
-        self._publish()
+        if not self._publish() and last_good is not None:
+            self.compiled = last_good  # what the DNS loop republishes is what serves
         self.last_apply_ms = (time.perf_counter() - started) * 1000
 
     async def _refresh_dns(self, force: bool) -> None:
@@ -93,19 +98,32 @@ class Supervisor:
             self.failed_dns = failed
         self.resolved = {n: a for n, a in self.resolved.items() if n in names}
 
-    def _publish(self) -> None:
+    def _publish(self) -> bool:
+        """Publish the compiled table with today's endpoints; False if it was rejected
+        whole (a global invariant), in which case the last good table keeps serving."""
         table = compiler.with_endpoints(self.compiled, self.resolved)
         self.dns_diagnostics = [Diagnostic("warning", "dns", "Cluster", "", c.name, "service",
                                            f"cannot resolve {c.host}; requests get 503 until it resolves")
                                 for c in table.clusters if not c.endpoints]
-        table = replace(table, diagnostics=tuple(self.all_diagnostics()))
-        published = self.publisher.publish(table)
+        table = replace(table, diagnostics=tuple(self.diagnostics + self.dns_diagnostics))
+        try:
+            published = self.publisher.publish(table)
+        except TableTooLarge as exc:
+            self.tables_rejected += 1
+            current = self.publisher.current
+            keeping = f"generation {current.generation} keeps serving" if current else "nothing is served yet"
+            self.rejection = [Diagnostic("error", "edge", "RouteTable", "", "route-table", "size",
+                                         f"rejected whole: {exc}; {keeping}")]
+            log.error("%s", self.rejection[0].format())
+            return False
+        self.rejection = []
         if published is not None:
             log.info("published table generation %d (%s, %d bytes)", published.generation,
                      published.version[:12], published.size)
         self.arbiter.set_listeners([(lst.bind_address, lst.port) for lst in table.listeners])
         if published is not None:
             self.arbiter.wake_all()
+        return True
 
     async def _dns_loop(self) -> None:
         while True:
@@ -162,7 +180,7 @@ class Supervisor:
                     self.stopping.set()
 
     def all_diagnostics(self) -> list[Diagnostic]:
-        return self.diagnostics + self.dns_diagnostics
+        return self.rejection + self.diagnostics + self.dns_diagnostics
 
     # ---- admin view ----
     def ready(self) -> tuple[bool, str]:
@@ -206,6 +224,7 @@ class Supervisor:
             "edge_table_generation": current.generation if current else 0,
             "edge_table_bytes": current.size if current else 0,
             "edge_compiles_total": self.compile_count,
+            "edge_tables_rejected_total": self.tables_rejected,
             "edge_publish_skipped_total": self.publisher.skipped,
             "edge_diagnostics_errors": sum(1 for d in self.diagnostics if d.severity == "error"),
             "edge_requests_total": sum(w["requests"] for w in workers),

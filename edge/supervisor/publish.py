@@ -23,9 +23,20 @@ class Published:
     size: int
 
 
+class TableTooLarge(Exception):
+    """The encoded table is over the memory budget (a global invariant: rejected whole)."""
+
+    def __init__(self, size: int, budget: int):
+        super().__init__(f"the route table encodes to {size:,} bytes, over the budget of {budget:,} bytes "
+                         f"(--max-table-mb)")
+        self.size = size
+        self.budget = budget
+
+
 class Publisher:
-    def __init__(self, prefix: str, slot_capacity: int = 4 << 20):
+    def __init__(self, prefix: str, slot_capacity: int = 4 << 20, max_bytes: int = 256 << 20):
         self.prefix = prefix
+        self.max_bytes = max_bytes
         self._moves = 0
         self.writer = RoutesWriter(self._segment_name(), slot_capacity)
         self.current: Published | None = None
@@ -42,8 +53,11 @@ class Publisher:
         return f"{self.prefix}-routes-0"
 
     def publish(self, table: RouteTable) -> Published | None:
-        """Publish `table`; None when it is identical to the current one."""
+        """Publish `table`; None when it is identical to the current one. Raises
+        TableTooLarge (nothing published) when it is over `max_bytes`."""
         payload = codec.encode(table)
+        if len(payload) > self.max_bytes:
+            raise TableTooLarge(len(payload), self.max_bytes)
         digest = codec.content_hash(payload)
         if self.current is not None and self.current.version == digest.hex():
             self.skipped += 1

@@ -157,3 +157,28 @@ def test_a_stopped_worker_is_detected_by_its_heartbeat_and_replaced(make_edge, u
             pass
     assert 2.5 < time.monotonic() - stopped < 5.0  # the heartbeat timeout (3 s), not a crash
     assert httpx.get(edge.url("/m/")).status_code == 200
+
+
+def test_a_table_over_its_memory_budget_is_rejected_whole(make_edge, upstream):
+    edge = make_edge({"m.yaml": mapping("m", upstream.service, "/m/")}, extra_args=("--max-table-mb", "0.02"))
+    generation = edge.config()["generation"]
+    big = "".join(mapping(f"x{i}", upstream.service, f"/x-{i}/") for i in range(300))
+    edge.write("big.yaml", big)
+    deadline = time.monotonic() + 5
+    while not any(d["kind"] == "RouteTable" for d in edge.config()["diagnostics"]):
+        assert time.monotonic() < deadline, edge.config()["diagnostics"]
+        time.sleep(0.02)
+    config = edge.config()
+    [rejection] = [d for d in config["diagnostics"] if d["kind"] == "RouteTable"]
+    assert rejection["severity"] == "error" and rejection["field"] == "size"
+    assert "over the budget of 20,971 bytes" in rejection["message"]
+    assert f"generation {generation} keeps serving" in rejection["message"]
+    assert config["generation"] == generation
+    assert b"edge_tables_rejected_total 1" in edge.admin("/metrics")[1]
+    assert httpx.get(edge.url("/m/")).status_code == 200
+    assert httpx.get(edge.url("/x-1/")).status_code == 404
+    # a later edit that fits is published, and the rejection is gone
+    edge.write("big.yaml", mapping("x1", upstream.service, "/x-1/"))
+    edge.wait_generation(generation + 1)
+    assert httpx.get(edge.url("/x-1/")).status_code == 200
+    assert not any(d["kind"] == "RouteTable" for d in edge.config()["diagnostics"])
