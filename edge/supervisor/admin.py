@@ -6,6 +6,8 @@
     /ambassador/v0/diag/         HTML overview; ?json=true for JSON
     /edge/v1/config              JSON: version, generation, publish_time, diagnostics, workers
     /metrics                     Prometheus text
+    POST /edge/v1/restart        rolling restart of every worker (as SIGUSR2): 202, or 409
+                                 when one runs already
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ class AdminView(Protocol):
     def config(self) -> dict: ...
     def diag(self) -> dict: ...
     def metrics(self) -> dict[str, float]: ...
+    def restart_workers(self) -> bool: ...
 
 
 def make_app(view: AdminView):
@@ -54,6 +57,11 @@ def make_app(view: AdminView):
                 status, body, ctype = 200, render_diag(data).encode(), b"text/html; charset=utf-8"
         elif path == "/edge/v1/config":
             status, body, ctype = 200, _json(view.config()), b"application/json"
+        elif path == "/edge/v1/restart" and scope["method"] == "POST":
+            started = view.restart_workers()
+            status = 202 if started else 409
+            body = b"rolling restart started\n" if started else b"a rolling restart is running, or no table yet\n"
+            ctype = b"text/plain"
         elif path == "/metrics":
             lines = [f"{name} {value}" for name, value in sorted(view.metrics().items())]
             status, body, ctype = 200, ("\n".join(lines) + "\n").encode(), b"text/plain; version=0.0.4"

@@ -34,6 +34,7 @@ MAX_BACKOFF = 10.0
 @dataclass
 class Slot:
     index: int
+    cell: int = -1  # the stats cell of the current process: `index` or its spare
     proc: subprocess.Popen | None = None
     ctrl: socket.socket | None = None
     started: float = 0.0
@@ -57,7 +58,10 @@ def open_listener(address: str, port: int) -> socket.socket:
 class Arbiter:
     def __init__(self, workers: int, routes_segment: str, stats: StatCells, worker_args: list[str],
                  heartbeat_timeout: float = 3.0):
-        self.slots = [Slot(i) for i in range(workers)]
+        # two stats cells per slot: a rolling restart runs the new process beside the old
+        self.slots = [Slot(i, cell=i) for i in range(workers)]
+        self.retiring: list[subprocess.Popen] = []  # replaced by a rolling restart, draining
+        self.rolling = False
         self.routes_segment = routes_segment
         self.stats = stats
         self.worker_args = worker_args
@@ -107,29 +111,35 @@ class Arbiter:
             self._send(slot, b"T")
 
     # ---- processes ----
-    def spawn(self, slot: Slot) -> None:
+    def _start_process(self, slot: Slot, cell: int) -> tuple[subprocess.Popen, socket.socket]:
+        """A worker process for `slot` writing stats cell `cell`, on the slot's sockets."""
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         parent.setblocking(False)
         fds = [child.fileno()]
-        args = [sys.executable, "-m", "edge.worker", "--slot", str(slot.index), "--routes", self.routes_segment,
-                "--stats", self.stats.name, "--ctrl", str(child.fileno()), *self.worker_args]
+        args = [sys.executable, "-m", "edge.worker", "--slot", str(slot.index), "--cell", str(cell),
+                "--routes", self.routes_segment, "--stats", self.stats.name, "--ctrl", str(child.fileno()),
+                *self.worker_args]
         for port, socks in self.sockets.items():
             fd = socks[slot.index].fileno()
             fds.append(fd)
             args += ["--listen", f"{port}:{fd}"]
-        self.stats.set(slot.index, "heartbeat", 0)
-        self.stats.set(slot.index, "generation", 0)
-        self.stats.set(slot.index, "pid", 0)
-        slot.proc = subprocess.Popen(args, pass_fds=fds)
+        for name in ("heartbeat", "generation", "pid"):
+            self.stats.set(cell, name, 0)
+        proc = subprocess.Popen(args, pass_fds=fds)
         child.close()
+        return proc, parent
+
+    def spawn(self, slot: Slot) -> None:
+        slot.proc, ctrl = self._start_process(slot, slot.cell)
         if slot.ctrl is not None:
             slot.ctrl.close()
-        slot.ctrl = parent
+        slot.ctrl = ctrl
         slot.started = time.monotonic()
         slot.beat, slot.beat_seen = 0, slot.started
         log.info("worker %d started, pid %d", slot.index, slot.proc.pid)
 
     def reap(self) -> None:
+        self.retiring = [p for p in self.retiring if p.poll() is None]
         now = time.monotonic()
         for slot in self.slots:
             if slot.proc is None or slot.proc.poll() is None:
@@ -153,7 +163,7 @@ class Arbiter:
         for slot in self.slots:
             if slot.proc is None:
                 continue
-            beat = self.stats.get(slot.index, "heartbeat")
+            beat = self.stats.get(slot.cell, "heartbeat")
             if beat != slot.beat:
                 slot.beat, slot.beat_seen = beat, now
                 continue
@@ -183,7 +193,7 @@ class Arbiter:
     def workers(self) -> list[dict]:
         out = []
         for slot in self.slots:
-            cell = self.stats.cell(slot.index)
+            cell = self.stats.cell(slot.cell)
             alive = slot.proc is not None and slot.proc.poll() is None
             out.append({"slot": slot.index, "pid": slot.proc.pid if alive else None,
                         "generation": cell["generation"] if alive else None,
@@ -195,8 +205,45 @@ class Arbiter:
 
     def all_loaded(self, generation: int) -> bool:
         return all(slot.proc is not None and slot.proc.poll() is None
-                   and self.stats.get(slot.index, "pid") == slot.proc.pid
-                   and self.stats.get(slot.index, "generation") >= generation for slot in self.slots)
+                   and self.stats.get(slot.cell, "pid") == slot.proc.pid
+                   and self.stats.get(slot.cell, "generation") >= generation for slot in self.slots)
+
+    async def rolling_restart(self, generation: int, ready_timeout: float = 30.0) -> bool:
+        """Replace every worker, one slot at a time, for a code upgrade: the new process
+        starts on the slot's sockets (beside the old one, on the slot's spare stats cell),
+        and only once it has loaded table `generation` is the old one told to drain.
+        Returns False (and keeps the old process of that slot) if a new one does not get
+        ready within `ready_timeout`; a second call while one runs returns False."""
+        if self.rolling or self.stopping:
+            return False
+        self.rolling = True
+        try:
+            for slot in self.slots:
+                if slot.proc is None or slot.proc.poll() is not None:
+                    continue  # the reaper restarts it anyway, with the new code
+                spare = slot.index + len(self.slots) if slot.cell == slot.index else slot.index
+                proc, ctrl = self._start_process(slot, spare)
+                deadline = time.monotonic() + ready_timeout
+                while not (self.stats.get(spare, "pid") == proc.pid
+                           and self.stats.get(spare, "generation") >= generation):
+                    if proc.poll() is not None or time.monotonic() > deadline or self.stopping:
+                        log.error("rolling restart: the new worker %d (pid %d) did not get ready; keeping pid %d",
+                                  slot.index, proc.pid, slot.proc.pid)
+                        proc.kill()
+                        ctrl.close()
+                        return False
+                    await trio.sleep(0.01)
+                old, old_ctrl = slot.proc, slot.ctrl
+                slot.proc, slot.ctrl, slot.cell = proc, ctrl, spare
+                slot.started = time.monotonic()
+                slot.beat, slot.beat_seen = -1, slot.started
+                old.send_signal(signal.SIGTERM)  # it drains: in-flight requests finish
+                old_ctrl.close()
+                self.retiring.append(old)
+                log.info("rolling restart: worker %d is pid %d now; pid %d drains", slot.index, proc.pid, old.pid)
+            return True
+        finally:
+            self.rolling = False
 
     async def stop(self, drain_timeout: float) -> None:
         """Close the listeners, SIGTERM the workers, wait for them to drain, then kill."""
@@ -205,7 +252,7 @@ class Arbiter:
             for sock in socks:
                 sock.close()
         self.sockets.clear()
-        procs = [s.proc for s in self.slots if s.proc is not None]
+        procs = [s.proc for s in self.slots if s.proc is not None] + self.retiring
         for p in procs:
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)

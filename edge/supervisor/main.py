@@ -53,7 +53,7 @@ class Supervisor:
     def __init__(self, opts: Options):
         self.opts = opts
         self.prefix = f"edge-{os.getpid()}-{secrets.token_hex(4)}"
-        self.stats = StatCells(f"{self.prefix}-stats", opts.workers, create=True)
+        self.stats = StatCells(f"{self.prefix}-stats", 2 * opts.workers, create=True)
         self.publisher = Publisher(self.prefix, max_bytes=opts.max_table_bytes)
         worker_args = ["--header-timeout", str(opts.header_timeout), "--idle-timeout", str(opts.idle_timeout),
                        "--drain-timeout", str(opts.drain_timeout), "--log-level", opts.log_level]
@@ -150,6 +150,7 @@ class Supervisor:
     async def run(self) -> None:
         try:
             async with trio.open_nursery() as nursery:
+                self.nursery = nursery
                 send, receive = trio.open_memory_channel(math.inf)
                 hup_send, hup_receive = trio.open_memory_channel(16)
                 nursery.start_soon(self._signals, hup_send)
@@ -171,13 +172,25 @@ class Supervisor:
             self.stats.close()
 
     async def _signals(self, hup: trio.MemorySendChannel) -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2) as signals:
             async for signum in signals:
                 if signum == signal.SIGHUP:
                     log.info("SIGHUP: re-reading configuration")
                     hup.send_nowait(None)
+                elif signum == signal.SIGUSR2:
+                    self.restart_workers()
                 else:
                     self.stopping.set()
+
+    def restart_workers(self) -> bool:
+        """Start a rolling restart of every worker (SIGUSR2 or POST /edge/v1/restart);
+        False if one is already running or no table is published yet."""
+        current = self.publisher.current
+        if current is None or self.arbiter.rolling:
+            return False
+        log.info("rolling restart of %d workers", len(self.arbiter.slots))
+        self.nursery.start_soon(self.arbiter.rolling_restart, current.generation)
+        return True
 
     def all_diagnostics(self) -> list[Diagnostic]:
         return self.rejection + self.diagnostics + self.dns_diagnostics
@@ -233,6 +246,7 @@ class Supervisor:
             "edge_client_errors_total": sum(w["client_errors"] for w in workers),
             "edge_upstream_errors_total": sum(w["upstream_errors"] for w in workers),
             "edge_worker_restarts_total": sum(w["restarts"] for w in workers),
+            "edge_workers_retiring": len(self.arbiter.retiring),
             "edge_last_apply_ms": round(self.last_apply_ms, 3),
         }
 

@@ -163,16 +163,20 @@ class ClientConnection(Handler):
         else:
             self._local(500, b"internal error", close=True)
 
-    def close_if_idle(self) -> None:
-        """Close now if waiting for a request that has not begun (a drain)."""
+    def close_if_idle(self, grace: float) -> None:
+        """A drain: if waiting for a request that has not begun, wait at most `grace`
+        seconds more for it."""
         if self.phase == IDLE and not self.closing:
-            self._close()
+            self.reactor.set_deadline(self, min(self.deadline, time.monotonic() + grace))
 
     # ---- reading requests ----------------------------------------------------------------
 
     def _wait_request(self) -> None:
-        """Between requests: take today's table, wait (idle or for the rest of a head)."""
-        self.router = router = self.state.router
+        """Between requests: take today's table, wait (idle or for the rest of a head).
+        While draining, the wait for a next request is the drain's idle grace: the last
+        answer did not say `connection: close`, so the client may be sending one."""
+        state = self.state
+        self.router = router = state.router
         self.parser.max_head = router.max_head
         self.req = None
         self.response_started = False
@@ -181,7 +185,8 @@ class ClientConnection(Handler):
             self.reactor.set_deadline(self, time.monotonic() + self.state.header_timeout)
         else:
             self.phase = IDLE
-            self.reactor.set_deadline(self, time.monotonic() + self.state.idle_timeout)
+            idle = min(state.idle_timeout, state.drain_idle_grace) if state.draining else state.idle_timeout
+            self.reactor.set_deadline(self, time.monotonic() + idle)
 
     def _wants_read(self) -> bool:
         if self.closing or self.closed or self.parser.events:
@@ -473,7 +478,7 @@ class ClientConnection(Handler):
             self.state.pool.release(up)
         else:
             up.close()
-        if self.close_client or self.state.draining:
+        if self.close_client:
             self.req = None
             self.closing = True
             if not self.out:
@@ -486,6 +491,7 @@ class ClientConnection(Handler):
 
     def _local(self, status: int, body: bytes, close: bool) -> None:
         """Answer the current request ourselves."""
+        close = close or self.state.draining
         self._write(simple_response(status, body, self.router.server, close))
         if close:
             self.req = None

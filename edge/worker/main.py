@@ -32,6 +32,7 @@ class Worker:
     def __init__(self, args):
         self.args = args
         self.slot = args.slot
+        self.cell = args.slot if args.cell is None else args.cell  # our stats cell
         self.state = WorkerState(header_timeout=args.header_timeout, idle_timeout=args.idle_timeout)
         self.stats = StatCells(args.stats)
         self.watch = TableWatch(args.routes, self.state)
@@ -42,8 +43,8 @@ class Worker:
         self.stopping = trio.Event()
 
     async def run(self) -> None:
-        self.stats.set(self.slot, "pid", os.getpid())
-        self.stats.set(self.slot, "draining", 0)
+        self.stats.set(self.cell, "pid", os.getpid())
+        self.stats.set(self.cell, "draining", 0)
         async with trio.open_nursery() as nursery:
             self.nursery = nursery
             nursery.start_soon(self._heartbeat)
@@ -61,7 +62,7 @@ class Worker:
             nursery.cancel_scope.cancel()
 
     def _publish_generation(self) -> None:
-        self.stats.set(self.slot, "generation", self.watch.loaded)
+        self.stats.set(self.cell, "generation", self.watch.loaded)
 
     def _listen(self, port: int, sock: socket.socket) -> None:
         if port in self.listeners:
@@ -120,11 +121,11 @@ class Worker:
     async def _reload(self) -> None:
         if await self.watch.poll():
             self._publish_generation()
-        self.stats.set(self.slot, "table_load_failures", self.watch.failures)
+        self.stats.set(self.cell, "table_load_failures", self.watch.failures)
 
     async def _heartbeat(self) -> None:
         beat = 0
-        stats, slot, state = self.stats, self.slot, self.state
+        stats, slot, state = self.stats, self.cell, self.state
         while True:
             beat += 1
             stats.set(slot, "heartbeat", beat)
@@ -147,7 +148,7 @@ class Worker:
 
     async def _drain(self) -> None:
         """Stop accepting, close idle connections, wait for in-flight requests."""
-        self.stats.set(self.slot, "draining", 1)
+        self.stats.set(self.cell, "draining", 1)
         for port in list(self.listeners):
             self._unlisten(port)
         self.state.start_drain()
@@ -160,6 +161,7 @@ class Worker:
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="edge-worker")
     p.add_argument("--slot", type=int, required=True)
+    p.add_argument("--cell", type=int, default=None, help="stats cell (default: the slot's own)")
     p.add_argument("--routes", required=True)
     p.add_argument("--stats", required=True)
     p.add_argument("--ctrl", type=int, required=True)

@@ -9,6 +9,7 @@ from edge.worker.upstream import Pool
 # One read buffer per worker: every read is parsed (and copied out by the parser) before
 # the next one, and the reactor runs one handler at a time, so connections share it.
 READ_SIZE = 65536
+DRAIN_IDLE_GRACE = 1.0
 
 
 class WorkerState:
@@ -21,6 +22,7 @@ class WorkerState:
         self.read_buf = bytearray(READ_SIZE)
         self.read_view = memoryview(self.read_buf)
         self.draining = False
+        self.drain_idle_grace = DRAIN_IDLE_GRACE
         self.connections: set = set()  # ClientConnection
         self.requests = 0
         self.active = 0
@@ -29,8 +31,10 @@ class WorkerState:
         self.upstream_errors = 0
 
     def start_drain(self) -> None:
-        """Close connections that wait idle for a request; the others close after their
-        current response (which says `connection: close`)."""
+        """Every connection closes after its current or next response, which says
+        `connection: close`. A keep-alive client idle between two requests may be sending
+        its next one right now: closing under it would fail that request, so idle
+        connections get `drain_idle_grace` seconds to send it (and get a last answer)."""
         self.draining = True
         for conn in list(self.connections):
-            conn.close_if_idle()
+            conn.close_if_idle(self.drain_idle_grace)
