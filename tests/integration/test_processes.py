@@ -182,3 +182,51 @@ def test_a_table_over_its_memory_budget_is_rejected_whole(make_edge, upstream):
     edge.wait_generation(generation + 1)
     assert httpx.get(edge.url("/x-1/")).status_code == 200
     assert not any(d["kind"] == "RouteTable" for d in edge.config()["diagnostics"])
+
+
+def test_slow_downloads_and_idle_connections_survive_reloads_of_their_own_route(make_edge, upstream):
+    edge = make_edge({"m.yaml": mapping("m", upstream.service, "/dl/", rewrite="/")})
+    size = 30_000_000
+    download = socket.create_connection(("127.0.0.1", edge.port), timeout=10)
+    download.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    download.sendall(b"GET /dl/bytes/%d HTTP/1.1\r\nHost: a\r\n\r\n" % size)
+    idle = socket.create_connection(("127.0.0.1", edge.port), timeout=10)
+    idle.sendall(b"GET /dl/status/200 HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert _response(idle).startswith(b"HTTP/1.1 200")
+    received = download.recv(65536)
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"content-length: %d" % size in head
+    got = len(body)
+    generation = edge.config()["generation"]
+    for i in range(21):  # 21 reloads, the route edited, removed and back, while the download crawls
+        if i % 3 == 1:
+            edge.write("m.yaml", "---\n")
+        else:
+            edge.write("m.yaml", mapping("m", upstream.service, "/dl/", rewrite="/", timeout_ms=i * 1000 + 30000))
+        generation += 1
+        edge.wait_generation(generation)
+        got += len(download.recv(65536))
+    assert got < size, "the download finished before the reloads: the test proves nothing"
+    while got < size:
+        chunk = download.recv(1 << 20)
+        assert chunk, f"the download was cut after {got} of {size} bytes"
+        got += len(chunk)
+    assert got == size
+    # the idle keep-alive connection is still open and takes the current table
+    idle.sendall(b"GET /dl/status/200 HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert _response(idle).startswith(b"HTTP/1.1 200")
+    download.close()
+    idle.close()
+
+
+def _response(sock: socket.socket) -> bytes:
+    """One whole Content-Length response from a keep-alive connection."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+    while len(body) < length:
+        body += sock.recv(65536)
+    assert len(body) == length, "more than one response"
+    return head + b"\r\n\r\n" + body
