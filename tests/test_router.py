@@ -85,3 +85,20 @@ def test_wildcard_hosts_longest_first():
     assert vhost_of("x.example.com") == {"*.example.com", "*.api.example.com", "exact.example.com"}
     assert vhost_of("api.other.org") == {"api.*"}
     assert vhost_of("nothing.org") is None
+
+
+def test_an_endpoint_change_reuses_the_compiled_routes():
+    from dataclasses import replace
+
+    from edge.model import Endpoint
+    table = compile([m("a", "/a/"), m("b", "/b/")])[0]
+    router = Router(table, 1)
+    moved = replace(table, clusters=tuple(replace(c, endpoints=(Endpoint("10.9.9.9", 81),)) for c in table.clusters))
+    fast = router.with_table(moved, 2)
+    assert fast.generation == 2 and fast._vhosts is router._vhosts
+    assert [c.endpoints for c in fast.clusters.values()] == [(Endpoint("10.9.9.9", 81),)]
+    assert router.clusters[next(iter(router.clusters))].endpoints != fast.clusters[next(iter(fast.clusters))].endpoints
+    port = next(iter(fast.listeners))
+    assert fast.match(port, "x", "/b/1", b"GET", [], "")[0].path == "/b/"
+    rerouted = router.with_table(compile([m("a", "/a/"), m("c", "/c/")])[0], 3)
+    assert rerouted._vhosts is not router._vhosts and rerouted.match(port, "x", "/c/", b"GET", [], "") is not None

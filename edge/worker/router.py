@@ -215,6 +215,21 @@ class Router:
             self.listeners[listener.port] = listener
             self._vhosts[listener.port] = _VhostIndex(vhosts)
 
+    def with_table(self, table: RouteTable, generation: int) -> Router:
+        """A Router for `table`, reusing this one's compiled routes and indexes when only
+        clusters (endpoints) or diagnostics changed: an endpoint change does not rebuild
+        every route."""
+        old = self.table
+        if (table.routes != old.routes or table.virtual_hosts != old.virtual_hosts
+                or table.listeners != old.listeners or table.settings != old.settings):
+            return Router(table, generation)
+        new = object.__new__(Router)
+        new.__dict__.update(self.__dict__)
+        new.table = table
+        new.generation = generation
+        new.clusters = {c.name: c for c in table.clusters}
+        return new
+
     def match(self, port: int, host: str, path: str, method: bytes, headers: list, query: str) -> tuple[CompiledRoute, int] | None:
         """The first route that matches, with the matched path length; None for a 404.
 

@@ -40,7 +40,7 @@ class TableWatch:
             snap = self.reader.read()
             if snap is None:
                 return False
-            router = await trio.to_thread.run_sync(_build_router, snap.payload, snap.generation)
+            router = await trio.to_thread.run_sync(_build_router, snap.payload, snap.generation, self.state.router)
         except (TornRead, codec.CodecError) as exc:
             self.failures += 1
             log.warning("keeping table generation %s: %s", self.loaded, exc)
@@ -50,5 +50,6 @@ class TableWatch:
         return True
 
 
-def _build_router(payload: bytes, generation: int) -> Router:
-    return Router(codec.decode(payload), generation)
+def _build_router(payload: bytes, generation: int, current: Router | None) -> Router:
+    table = codec.decode(payload)
+    return Router(table, generation) if current is None else current.with_table(table, generation)
