@@ -53,11 +53,6 @@ def write_config(directory: Path, port: int, up: int, mappings: int, hosts: int)
     (directory / "invalid.yaml").write_text(doc("Mapping", "broken", {"prefix": "no-slash", "service": "x:1"}))
 
 
-def admin_json(admin: int, path: str) -> dict:
-    with urllib.request.urlopen(f"http://127.0.0.1:{admin}{path}", timeout=10) as r:
-        return json.loads(r.read())
-
-
 def wait_served(port: int, path: str, host: str, timeout: float = 30.0) -> float:
     start = time.monotonic()
     while time.monotonic() - start < timeout:
@@ -122,7 +117,7 @@ def main() -> None:
         targets.wait_http(small.port)
         result["rss_mib"] = {"edge_10k": {str(k): round(v, 1) for k, v in big.rss_mib().items()},
                              "edge_10": {str(k): round(v, 1) for k, v in small.rss_mib().items()}}
-        diag = admin_json(big.admin, "/ambassador/v0/diag/?json=true")
+        diag = targets.admin_json(big.admin, "/ambassador/v0/diag/?json=true")
         result["invalid_object_diagnostics"] = [e for e in diag["errors"] if e["name"] == "broken"]
         rps: dict[str, list[float]] = {"edge_10": [], "edge_10k": []}
         for _ in range(args.rounds):

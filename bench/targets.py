@@ -6,6 +6,7 @@ that serves a small fixed body (/bench/) and a 1 MiB file (/bench/big).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -85,6 +86,12 @@ class Target:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
+
+
+def admin_json(admin: int, path: str) -> dict:
+    """GET a JSON document from edge's admin API."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin}{path}", timeout=10) as r:
+        return json.loads(r.read())
 
 
 def wait_http(port: int, path: str = "/bench/") -> None:

@@ -20,7 +20,6 @@ import shutil
 import statistics
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import trio
@@ -33,11 +32,6 @@ RESULTS = targets.ROOT / "bench" / "results"
 PROPAGATION_TIMEOUT = 5.0
 
 
-def admin_config(admin: int) -> dict:
-    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/edge/v1/config", timeout=5) as r:
-        return json.loads(r.read())
-
-
 def served_everywhere(config: dict, generation: int) -> bool:
     return config["generation"] >= generation and all(
         w["generation"] is not None and w["generation"] >= generation for w in config["workers"])
@@ -45,11 +39,11 @@ def served_everywhere(config: dict, generation: int) -> bool:
 
 async def apply_and_wait(churn: Churn, i: int, admin: int) -> tuple[str, float]:
     """Apply change i; seconds until every worker serves a newer generation."""
-    before = (await trio.to_thread.run_sync(admin_config, admin))["generation"]
+    before = (await trio.to_thread.run_sync(targets.admin_json, admin, "/edge/v1/config"))["generation"]
     kind = churn.change(i)
     start = time.monotonic()
     while time.monotonic() - start < PROPAGATION_TIMEOUT:
-        config = await trio.to_thread.run_sync(admin_config, admin)
+        config = await trio.to_thread.run_sync(targets.admin_json, admin, "/edge/v1/config")
         if served_everywhere(config, before + 1):
             return kind, time.monotonic() - start
         await trio.sleep(0.001)

@@ -14,14 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from bench.targets import free_port, listener_yaml  # noqa: F401 (tests import free_port from here)
+
 ROOT = Path(__file__).resolve().parent.parent
 UPSTREAM = ROOT / "tests" / "upstream.py"
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Upstream:
@@ -52,14 +49,6 @@ def upstream_b():
     yield up
     up.stop()
 
-
-def listener_yaml(port: int) -> str:
-    return f"""
-apiVersion: getambassador.io/v3alpha1
-kind: Listener
-metadata: {{name: http}}
-spec: {{port: {port}, protocol: HTTP, securityModel: XFP, hostBinding: {{namespace: {{from: ALL}}}}}}
-"""
 
 
 class Edge:
