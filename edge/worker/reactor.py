@@ -62,18 +62,11 @@ class Reactor:
         self._timers: list = []
         self._stale = 0  # heap entries whose handler closed or moved its deadline earlier
         self._seq = itertools.count()
-        self.now = time.monotonic()
-        self.batches = 0
-        self.events = 0
 
     def register(self, fd: int, handler: Handler) -> None:
         """Watch `fd` for reading and writing (edge-triggered) until `unregister`."""
         self._handlers[fd] = handler
         self._epoll.register(fd, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET)
-
-    def rebind(self, fd: int, handler: Handler) -> None:
-        """Deliver `fd`'s events to another handler from now on."""
-        self._handlers[fd] = handler
 
     def unregister(self, fd: int) -> None:
         """Stop watching `fd`; call before closing it (its number may be reused at once)."""
@@ -141,10 +134,8 @@ class Reactor:
         epfd = self._epoll.fileno()
         while True:
             events = poll(0, MAX_EVENTS)
-            self.now = now = time.monotonic()
+            now = time.monotonic()
             if events:
-                self.batches += 1
-                self.events += len(events)
                 for fd, mask in events:
                     handler = handlers.get(fd)
                     if handler is None:
@@ -168,9 +159,3 @@ class Reactor:
             else:
                 await wait_readable(epfd)
 
-    def statistics(self) -> dict:
-        return {"handlers": len(self._handlers), "timers": len(self._timers),
-                "batches": self.batches, "events": self.events}
-
-    def close(self) -> None:
-        self._epoll.close()

@@ -24,7 +24,7 @@ class UpstreamConn(Handler):
     """One connection to an endpoint. `owner` gets on_upstream_event(self, mask)."""
 
     __slots__ = ("sock", "fd", "key", "parser", "reused", "idle_since", "connected", "owner", "pool",
-                 "readable", "writable", "out")
+                 "readable", "out")
 
     def __init__(self, sock: socket.socket, key: tuple[str, int], pool: Pool, connected: bool):
         super().__init__()
@@ -38,7 +38,6 @@ class UpstreamConn(Handler):
         self.connected = connected
         self.owner = None
         self.readable = False
-        self.writable = False
         self.out: list | None = None  # bytes the kernel did not take yet
 
     def on_event(self, mask: int) -> None:
@@ -73,7 +72,6 @@ class UpstreamConn(Handler):
             sent = 0
         if sent < len(data):
             self.out = [bytes(memoryview(data)[sent:])]
-            self.writable = False
             return False
         return True
 
@@ -87,7 +85,6 @@ class UpstreamConn(Handler):
             sent = 0
         if sent < len(data):
             self.out = [data[sent:]]
-            self.writable = False
             return False
         self.out = None
         return True
@@ -109,8 +106,6 @@ class Pool:
         self.reactor = reactor
         self._idle: dict[tuple[str, int], list[UpstreamConn]] = {}
         self._rr: dict[str, int] = {}
-        self.connects = 0
-        self.reuses = 0
 
     def pick(self, cluster: Cluster) -> Endpoint | None:
         """Round-robin over the cluster's endpoints; None when it has none."""
@@ -131,7 +126,6 @@ class Pool:
             conn = idle.pop()
             conn.reused = True
             conn.owner = owner
-            self.reuses += 1
             return conn
         family = socket.AF_INET6 if ":" in ep.address else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
@@ -147,7 +141,6 @@ class Pool:
         conn = UpstreamConn(sock, key, self, connected=err == 0)
         conn.owner = owner
         self.reactor.register(conn.fd, conn)
-        self.connects += 1
         return conn
 
     def release(self, conn: UpstreamConn) -> None:
@@ -187,6 +180,3 @@ class Pool:
             for c in idle:
                 c.close()
         self._idle.clear()
-
-    def statistics(self) -> dict:
-        return {"idle": sum(len(v) for v in self._idle.values()), "connects": self.connects, "reuses": self.reuses}

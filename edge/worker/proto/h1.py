@@ -153,7 +153,6 @@ class RequestParser:
         self.events: deque = deque()
         self._parser = httptools.HttpRequestParser(self)
         self._reset_message()
-        self.messages_started = 0
         self.in_message = False
         self._fed = 0
 
@@ -167,7 +166,6 @@ class RequestParser:
     # -- httptools callbacks (run inside feed) --
     def on_message_begin(self):
         self._reset_message()
-        self.messages_started += 1
         self.in_message = True
 
     def on_url(self, url: bytes):
