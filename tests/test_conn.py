@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import gc
 import socket
+import time
 
 import trio
 
 from edge.resources.base import RawObject
 from edge.supervisor.compile import compile
 from edge.worker.conn import ClientConnection
-from edge.worker.reactor import EPOLLIN
+from edge.worker.reactor import EPOLLIN, EPOLLOUT, EPOLLRDHUP
 from edge.worker.router import Router
 from edge.worker.state import WorkerState
 
@@ -65,3 +66,36 @@ def test_closed_connections_leave_no_garbage_cycles_and_no_timer_backlog():
         assert gc.collect() == 0
     finally:
         gc.enable()
+
+
+def test_a_fin_that_comes_with_the_last_bytes_ends_a_close_delimited_body():
+    """Edge-triggered: one event reports the data and the peer's close. A short read must
+    not be taken for "nothing more": no new edge comes for a FIN already received."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    port = listener.getsockname()[1]
+    table, _ = compile([RawObject("Mapping", "default", "m", "f.yaml", {"prefix": "/", "service": f"127.0.0.1:{port}"})])
+    state = WorkerState()
+    state.router = Router(table)
+    ours, client = socket.socketpair()
+    ours.setblocking(False)
+    with client, listener:
+        conn = ClientConnection(state, ours, "127.0.0.1", 8080)
+        client.sendall(b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        conn.on_event(EPOLLIN)
+        upstream, _ = listener.accept()
+        with upstream:
+            conn.on_upstream_event(conn.up, EPOLLOUT)  # connected: the request goes out
+            assert upstream.recv(65536).startswith(b"GET /x HTTP/1.1\r\n")
+            upstream.sendall(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nto the end")
+            upstream.shutdown(socket.SHUT_WR)
+            time.sleep(0.05)
+            conn.on_upstream_event(conn.up, EPOLLIN | EPOLLRDHUP)  # the only event there will be
+        client.settimeout(2)
+        answer = b""
+        while chunk := client.recv(65536):  # edge closes after the answer
+            answer += chunk
+    assert state.active == 0
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and b"transfer-encoding: chunked\r\n" in answer
+    assert answer.endswith(b"a\r\nto the end\r\n0\r\n\r\n")

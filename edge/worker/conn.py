@@ -37,7 +37,7 @@ from edge.worker.proto.h1 import (
     simple_response,
 )
 from edge.worker.proxy import normalize_path, request_head, response_head, rewrite_path, split_target
-from edge.worker.reactor import READ_EVENTS, WRITE_EVENTS, Handler
+from edge.worker.reactor import HUP_EVENTS, READ_EVENTS, WRITE_EVENTS, Handler
 from edge.worker.router import pick_target
 from edge.worker.state import READ_SIZE, WorkerState
 from edge.worker.upstream import UpstreamConn
@@ -57,7 +57,7 @@ CHUNKED = b"transfer-encoding: chunked\r\n"
 class ClientConnection(Handler):
     __slots__ = (
         "state", "reactor", "sock", "fd", "peer", "port", "port_suffix", "parser", "router", "phase",
-        "readable", "out", "closing", "busy",
+        "readable", "hup", "out", "closing", "busy",
         # the request being answered
         "req", "target", "cluster", "endpoint", "head", "attempts", "up", "head_sent", "request_sent",
         "response_started", "request_deadline", "idle_s", "sent_at", "to_chunked", "close_client",
@@ -76,6 +76,7 @@ class ClientConnection(Handler):
         self.router = state.router
         self.parser = RequestParser(self.router.max_head)
         self.readable = False
+        self.hup = False  # the client closed its side: read until EOF
         self.out: list | None = None  # response bytes the kernel did not take yet
         self.closing = False  # close once `out` is sent
         self.busy = False  # inside _resume: triggers only mark work for its loop
@@ -96,6 +97,8 @@ class ClientConnection(Handler):
                 return
         if mask & READ_EVENTS:
             self.readable = True
+            if mask & HUP_EVENTS:
+                self.hup = True
             self._resume()
 
     def on_upstream_event(self, up: UpstreamConn, mask: int) -> None:
@@ -124,6 +127,8 @@ class ClientConnection(Handler):
                     return
         if mask & READ_EVENTS:
             up.readable = True
+            if mask & HUP_EVENTS:
+                up.hup = True
             if not self.out:
                 self._read_upstream()
 
@@ -219,7 +224,7 @@ class ClientConnection(Handler):
                     self.readable = False
                     self._client_eof()
                     break
-                if n < READ_SIZE:
+                if n < READ_SIZE and not self.hup:
                     self.readable = False  # edge-triggered: new bytes bring a new event
                 try:
                     self.parser.feed(state.read_view[:n])
@@ -419,8 +424,8 @@ class ClientConnection(Handler):
                         self._upstream_gone("upstream closed the connection before responding")
                         return
                 else:
-                    if n < READ_SIZE:
-                        up.readable = False
+                    if n < READ_SIZE and not up.hup:
+                        up.readable = False  # edge-triggered: new bytes bring a new event
                     parser.feed(view[:n])
             except UpstreamError as exc:
                 self._upstream_gone(f"upstream reset before response: {exc}")

@@ -29,6 +29,9 @@ log = logging.getLogger("edge.worker")
 EPOLLIN, EPOLLOUT, EPOLLERR, EPOLLHUP = select.EPOLLIN, select.EPOLLOUT, select.EPOLLERR, select.EPOLLHUP
 EPOLLRDHUP, EPOLLET = select.EPOLLRDHUP, select.EPOLLET
 READ_EVENTS = EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR
+# The peer closed (or the socket failed): reads must go on until they return 0 or fail,
+# since no new edge will come for a FIN that arrived with the last data.
+HUP_EVENTS = EPOLLRDHUP | EPOLLHUP | EPOLLERR
 WRITE_EVENTS = EPOLLOUT | EPOLLHUP | EPOLLERR
 MAX_EVENTS = 512
 
@@ -108,23 +111,15 @@ class Reactor:
             handler.scheduled = math.inf
             if handler.deadline <= now:
                 handler.deadline = math.inf
-                self._call(handler.on_timeout)
+                try:
+                    handler.on_timeout()
+                except Exception as exc:
+                    _failed(handler, exc)
                 if handler.closed:
                     continue
             if handler.deadline < math.inf and handler.deadline < handler.scheduled:
                 handler.scheduled = handler.deadline
                 heapq.heappush(timers, (handler.deadline, next(self._seq), handler))
-
-    @staticmethod
-    def _call(fn, *args) -> None:
-        try:
-            fn(*args)
-        except Exception as exc:
-            handler = fn.__self__
-            try:
-                handler.on_bug(exc)
-            except Exception:
-                log.exception("handler %r failed while failing", handler)
 
     async def run(self) -> None:
         """Serve events and timers until cancelled."""
@@ -143,10 +138,7 @@ class Reactor:
                     try:
                         handler.on_event(mask)
                     except Exception as exc:
-                        try:
-                            handler.on_bug(exc)
-                        except Exception:
-                            log.exception("handler %r failed while failing", handler)
+                        _failed(handler, exc)
             if timers and timers[0][0] <= now:
                 self._fire_timers(now)
             if events:
@@ -159,3 +151,11 @@ class Reactor:
             else:
                 await wait_readable(epfd)
 
+
+
+def _failed(handler: Handler, exc: Exception) -> None:
+    """A handler raised: it decides how to fail; if that raises too, log it."""
+    try:
+        handler.on_bug(exc)
+    except Exception:
+        log.exception("handler %r failed while failing", handler)

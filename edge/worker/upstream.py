@@ -24,7 +24,7 @@ class UpstreamConn(Handler):
     """One connection to an endpoint. `owner` gets on_upstream_event(self, mask)."""
 
     __slots__ = ("sock", "fd", "key", "parser", "reused", "idle_since", "connected", "owner", "pool",
-                 "readable", "out")
+                 "readable", "hup", "out")
 
     def __init__(self, sock: socket.socket, key: tuple[str, int], pool: Pool, connected: bool):
         super().__init__()
@@ -38,6 +38,7 @@ class UpstreamConn(Handler):
         self.connected = connected
         self.owner = None
         self.readable = False
+        self.hup = False  # the upstream closed its side: read until EOF
         self.out: list | None = None  # bytes the kernel did not take yet
 
     def on_event(self, mask: int) -> None:
