@@ -34,12 +34,15 @@ def test_sighup_forces_a_reread(make_edge, upstream):
     path = edge.dir / "m.yaml"
     stat = os.stat(path)
     generation = edge.config()["generation"]
-    # same size, same mtime, same inode: invisible to the watcher's poll
-    with open(path, "r+") as f:
+    # same size, same mtime, same inode: invisible to the watcher's poll; written through a
+    # hard link outside the watched directory: invisible to its inotify watch too
+    hidden = edge.dir.parent / "hidden-link.yaml"
+    os.link(path, hidden)
+    with open(hidden, "r+") as f:
         text = f.read()
         f.seek(0)
         f.write(text.replace("/aaa/", "/bbb/"))
-    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    os.utime(hidden, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     time.sleep(0.5)
     assert edge.config()["generation"] == generation
     edge.proc.send_signal(signal.SIGHUP)
