@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import tempfile
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,11 +50,24 @@ SCENARIOS = {
 
 def measure(target: targets.Target, scenario: Scenario, duration: float) -> dict:
     before = target.cpu_seconds()
+    loop_before = _reactor_counts(target)
     result = wrk.run(target.port, scenario.path, connections=scenario.connections, duration=duration,
                      close=scenario.close)
     cpu = target.cpu_seconds() - before
     result["cpu_us_per_request"] = cpu / max(result["requests"], 1) * 1e6
+    if loop_before is not None:  # edge: scheduler round trips (reactor turns) per request
+        batches, events = (a - b for a, b in zip(_reactor_counts(target), loop_before))
+        result["reactor_turns_per_request"] = round(batches / max(result["requests"], 1), 4)
+        result["events_per_reactor_turn"] = round(events / max(batches, 1), 1)
     return result
+
+
+def _reactor_counts(target: targets.Target) -> tuple[int, int] | None:
+    if target.admin is None:
+        return None
+    with urllib.request.urlopen(f"http://127.0.0.1:{target.admin}/metrics", timeout=5) as r:
+        metrics = dict(line.split(" ", 1) for line in r.read().decode().splitlines() if " " in line)
+    return int(float(metrics["edge_reactor_batches_total"])), int(float(metrics["edge_reactor_events_total"]))
 
 
 def main() -> None:

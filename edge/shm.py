@@ -201,6 +201,8 @@ STAT_FIELDS = (
     "draining",
     "client_errors",  # 4xx we answered ourselves
     "upstream_errors",  # 502/503/504
+    "reactor_batches",  # turns of the reactor loop that handled events (one scheduler trip each)
+    "reactor_events",  # socket events those turns handled
 )
 _CELL_SIZE = 8 * 16
 _STATS_HEAD = struct.Struct("<8sII")

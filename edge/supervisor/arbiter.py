@@ -200,6 +200,7 @@ class Arbiter:
                         "requests": cell["requests"], "active_connections": cell["active_connections"],
                         "internal_errors": cell["internal_errors"], "client_errors": cell["client_errors"],
                         "upstream_errors": cell["upstream_errors"],
+                        "reactor_batches": cell["reactor_batches"], "reactor_events": cell["reactor_events"],
                         "restarts": slot.restarts, "heartbeat": cell["heartbeat"]})
         return out
 

@@ -245,6 +245,8 @@ class Supervisor:
             "edge_internal_errors_total": sum(w["internal_errors"] for w in workers),
             "edge_client_errors_total": sum(w["client_errors"] for w in workers),
             "edge_upstream_errors_total": sum(w["upstream_errors"] for w in workers),
+            "edge_reactor_batches_total": sum(w["reactor_batches"] for w in workers),
+            "edge_reactor_events_total": sum(w["reactor_events"] for w in workers),
             "edge_worker_restarts_total": sum(w["restarts"] for w in workers),
             "edge_workers_retiring": len(self.arbiter.retiring),
             "edge_last_apply_ms": round(self.last_apply_ms, 3),

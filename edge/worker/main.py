@@ -134,6 +134,8 @@ class Worker:
             stats.set(slot, "internal_errors", state.internal_errors)
             stats.set(slot, "client_errors", state.client_errors)
             stats.set(slot, "upstream_errors", state.upstream_errors)
+            stats.set(slot, "reactor_batches", state.reactor.batches)
+            stats.set(slot, "reactor_events", state.reactor.events)
             if os.getppid() != self.parent:
                 log.error("supervisor %d is gone; exiting", self.parent)
                 os._exit(1)

@@ -65,6 +65,8 @@ class Reactor:
         self._timers: list = []
         self._stale = 0  # heap entries whose handler closed or moved its deadline earlier
         self._seq = itertools.count()
+        self.batches = 0  # loop turns that handled events: one scheduler round trip each
+        self.events = 0
 
     def register(self, fd: int, handler: Handler) -> None:
         """Watch `fd` for reading and writing (edge-triggered) until `unregister`."""
@@ -131,6 +133,8 @@ class Reactor:
             events = poll(0, MAX_EVENTS)
             now = time.monotonic()
             if events:
+                self.batches += 1
+                self.events += len(events)
                 for fd, mask in events:
                     handler = handlers.get(fd)
                     if handler is None:

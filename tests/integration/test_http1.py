@@ -231,3 +231,13 @@ def test_connect_and_module_request_timeouts(make_edge, upstream, unresponsive_p
         r = c.get("/slow/delay/1000")  # the Module's cluster_request_timeout_ms is the default timeout_ms
         assert r.status_code == 504 and r.text == "upstream request timeout"
         assert c.get("/slow/delay/10").status_code == 200
+
+
+def test_reactor_turns_are_counted_and_batch_events(edge):
+    with httpx.Client(base_url=edge.url("")) as c:
+        for _ in range(50):
+            assert c.get("/up/x").status_code == 200
+    events = wait_metric(edge, "edge_reactor_events_total", 100)
+    batches = wait_metric(edge, "edge_reactor_batches_total", 1)
+    # every request is at least a client event and an upstream event; turns never exceed events
+    assert events >= 100 and 1 <= batches <= events
