@@ -202,9 +202,7 @@ def edge_serving(directory: Path, name: str, port: int, workers: int) -> Target:
     admin = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "edge", "serve", "-c", str(directory), "--workers", str(workers),
                              "--admin-addr", f"127.0.0.1:{admin}", "--log-level", "WARNING"], cwd=ROOT)
-    target = Target(name, port, [proc])
-    target.admin = admin
-    return target
+    return Target(name, port, [proc], admin)
 
 
 def require(*tools: str) -> None:

@@ -37,7 +37,7 @@ from edge.worker.proto.h1 import (
     simple_response,
 )
 from edge.worker.proxy import normalize_path, request_head, response_head, rewrite_path, split_target
-from edge.worker.reactor import HUP_EVENTS, READ_EVENTS, WRITE_EVENTS, Handler
+from edge.worker.reactor import HUP_EVENTS, READ_EVENTS, WRITE_EVENTS, Handler, flush_kept, send_or_keep
 from edge.worker.router import pick_target
 from edge.worker.state import READ_SIZE, WorkerState
 from edge.worker.upstream import UpstreamConn
@@ -83,7 +83,6 @@ class ClientConnection(Handler):
         self.req: Request | None = None
         self.up: UpstreamConn | None = None
         self.response_started = False
-        state.active += 1
         state.connections.add(self)
         self._wait_request()
         self.reactor.register(self.fd, self)
@@ -220,9 +219,9 @@ class ClientConnection(Handler):
                 except OSError:
                     self._close()
                     break
-                if n == 0:
+                if n == 0:  # only read between requests or inside a body: either way, done
                     self.readable = False
-                    self._client_eof()
+                    self._close()
                     break
                 if n < READ_SIZE and not self.hup:
                     self.readable = False  # edge-triggered: new bytes bring a new event
@@ -272,10 +271,6 @@ class ClientConnection(Handler):
                     up.send(data)
                 except OSError as exc:
                     self._upstream_failed(502, f"upstream reset: {exc.strerror or exc}", retryable=False)
-
-    def _client_eof(self) -> None:
-        # Reached only while reading: between requests, or in the middle of a body.
-        self._close()
 
     def _client_error(self, exc: ClientError) -> None:
         self.state.client_errors += 1
@@ -509,33 +504,19 @@ class ClientConnection(Handler):
     def _write(self, data) -> None:
         if self.closed:
             return
-        if self.out:
-            self.out.append(bytes(data))
-            return
         try:
-            sent = self.sock.send(data)
-        except BlockingIOError:
-            sent = 0
+            self.out = send_or_keep(self.sock, self.out, data)
         except OSError:
             self._close()
-            return
-        if sent < len(data):
-            self.out = [bytes(memoryview(data)[sent:])]
 
     def _flush(self) -> None:
-        out = self.out
-        data = out[0] if len(out) == 1 else b"".join(out)
         try:
-            sent = self.sock.send(data)
-        except BlockingIOError:
-            sent = 0
+            self.out = flush_kept(self.sock, self.out)
         except OSError:
             self._close()
             return
-        if sent < len(data):
-            self.out = [data[sent:]]
+        if self.out:
             return
-        self.out = None
         if self.closing:
             self._close()
             return
@@ -554,9 +535,7 @@ class ClientConnection(Handler):
         self.reactor.forget(self)
         self.sock.close()
         self.parser.close()
-        state = self.state
-        state.active -= 1
-        state.connections.discard(self)
+        self.state.connections.discard(self)
 
 
 def _framing(req: Request, resp: Response) -> tuple[bytes, bool, bool]:

@@ -157,6 +157,25 @@ class Reactor:
 
 
 
+def send_or_keep(sock, out: list | None, data) -> list | None:
+    """Send `data` on a non-blocking socket behind the bytes `out` still keeps (a write
+    waits for EPOLLOUT then); returns what is kept now, None when everything went.
+    Raises OSError (reset, broken pipe)."""
+    if out:
+        out.append(bytes(data))
+        return out
+    try:
+        sent = sock.send(data)
+    except BlockingIOError:
+        sent = 0
+    return None if sent == len(data) else [bytes(memoryview(data)[sent:])]
+
+
+def flush_kept(sock, out: list) -> list | None:
+    """On EPOLLOUT: send what `out` keeps; returns what is still kept, or None."""
+    return send_or_keep(sock, None, out[0] if len(out) == 1 else b"".join(out))
+
+
 def _failed(handler: Handler, exc: Exception) -> None:
     """A handler raised: it decides how to fail; if that raises too, log it."""
     try:

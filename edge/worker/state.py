@@ -25,10 +25,14 @@ class WorkerState:
         self.drain_idle_grace = DRAIN_IDLE_GRACE
         self.connections: set = set()  # ClientConnection
         self.requests = 0
-        self.active = 0
         self.internal_errors = 0
         self.client_errors = 0
         self.upstream_errors = 0
+
+    @property
+    def active(self) -> int:
+        """Open client connections."""
+        return len(self.connections)
 
     def start_drain(self) -> None:
         """Every connection closes after its current or next response, which says

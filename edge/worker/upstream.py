@@ -14,7 +14,7 @@ import time
 
 from edge.model import Cluster, Endpoint
 from edge.worker.proto.h1 import ResponseParser
-from edge.worker.reactor import READ_EVENTS, Handler, Reactor
+from edge.worker.reactor import READ_EVENTS, Handler, Reactor, flush_kept, send_or_keep
 
 MAX_IDLE_PER_ENDPOINT = 128
 IDLE_TTL = 60.0
@@ -64,31 +64,13 @@ class UpstreamConn(Handler):
     def send(self, data) -> bool:
         """Send what the kernel takes now and keep the rest in `out`; True if all went.
         Raises OSError (reset, broken pipe)."""
-        if self.out:
-            self.out.append(bytes(data))
-            return False
-        try:
-            sent = self.sock.send(data)
-        except BlockingIOError:
-            sent = 0
-        if sent < len(data):
-            self.out = [bytes(memoryview(data)[sent:])]
-            return False
-        return True
+        self.out = send_or_keep(self.sock, self.out, data)
+        return self.out is None
 
     def flush(self) -> bool:
         """Send kept bytes; True when none are left. Raises OSError."""
-        out = self.out
-        data = out[0] if len(out) == 1 else b"".join(out)
-        try:
-            sent = self.sock.send(data)
-        except BlockingIOError:
-            sent = 0
-        if sent < len(data):
-            self.out = [data[sent:]]
-            return False
-        self.out = None
-        return True
+        self.out = flush_kept(self.sock, self.out)
+        return self.out is None
 
     def close(self) -> None:
         if not self.closed:
