@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import os
 import signal
 import socket
@@ -233,3 +234,42 @@ def _response(sock: socket.socket) -> bytes:
         body += sock.recv(65536)
     assert len(body) == length, "more than one response"
     return head + b"\r\n\r\n" + body
+
+
+def test_sigterm_under_load_completes_every_request_sent_before_it(make_edge, upstream):
+    edge = make_edge({"m.yaml": mapping("m", upstream.service, "/m/", timeout_ms=5000)})
+    outcomes: list[tuple[float, object]] = []  # (when the request was sent, status or error)
+    stop = threading.Event()
+
+    def client(path: bytes):
+        while not stop.is_set():
+            try:
+                sock = socket.create_connection(("127.0.0.1", edge.port), timeout=10)
+            except OSError:
+                return  # listeners closed: the drain has begun
+            with sock:
+                while not stop.is_set():
+                    sent = time.monotonic()
+                    try:
+                        sock.sendall(b"GET " + path + b" HTTP/1.1\r\nHost: a\r\n\r\n")
+                        answer = _response(sock)
+                    except (OSError, IndexError, ValueError) as exc:
+                        outcomes.append((sent, type(exc).__name__))
+                        break
+                    outcomes.append((sent, int(answer[9:12])))
+                    if b"\r\nconnection: close\r\n" in answer.lower():
+                        break
+
+    threads = [threading.Thread(target=client, args=(p,)) for p in [b"/m/x"] * 6 + [b"/m/delay/300"] * 2]
+    for t in threads:
+        t.start()
+    time.sleep(0.7)
+    signalled = time.monotonic()
+    edge.proc.send_signal(signal.SIGTERM)
+    assert edge.proc.wait(timeout=15) == 0
+    stop.set()
+    for t in threads:
+        t.join()
+    before = [outcome for sent, outcome in outcomes if sent < signalled]
+    assert len(before) > 100, "the load barely ran"
+    assert set(before) == {200}, collections.Counter(before)
