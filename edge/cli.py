@@ -15,6 +15,11 @@ def _env(name: str, default):
     return os.environ.get(name, default)
 
 
+def _env_bool(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    return default if value is None else value.lower() in ("1", "true", "yes", "on")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edge", description="Kubernetes-native API gateway (Emissary configuration)")
     sub = p.add_subparsers(dest="command", required=True)
@@ -42,6 +47,22 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-table-mb", type=float, default=float(_env("EDGE_MAX_TABLE_MB", 256)),
                        help="a route table encoding to more than this is rejected whole; the last good one "
                             "keeps serving (env EDGE_MAX_TABLE_MB)")
+    serve.add_argument("--kubernetes", action=argparse.BooleanOptionalAction,
+                       default=_env_bool("EDGE_KUBERNETES", "KUBERNETES_SERVICE_HOST" in os.environ),
+                       help="watch the Kubernetes API (env EDGE_KUBERNETES; default: on when running in a pod)")
+    serve.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"),
+                       help="kubeconfig file (env KUBECONFIG; default: in-cluster credentials, else ~/.kube/config)")
+    serve.add_argument("--single-namespace", action=argparse.BooleanOptionalAction,
+                       default=bool(_env("AMBASSADOR_SINGLE_NAMESPACE", "")),
+                       help="watch only --namespace (env AMBASSADOR_SINGLE_NAMESPACE)")
+    serve.add_argument("--label-selector", default=_env("AMBASSADOR_LABEL_SELECTOR", ""),
+                       help="read only labelled configuration objects (env AMBASSADOR_LABEL_SELECTOR)")
+    serve.add_argument("--ingress-status-service", default=_env("EDGE_INGRESS_STATUS_SERVICE", "edge"),
+                       help="the gateway's own Service in --namespace, whose load-balancer address Ingresses "
+                            "get in their status (env EDGE_INGRESS_STATUS_SERVICE)")
+    serve.add_argument("--ingress-status-address", default=_env("EDGE_INGRESS_STATUS_ADDRESS", ""),
+                       help="address(es), comma-separated, to write in Ingress status instead "
+                            "(env EDGE_INGRESS_STATUS_ADDRESS)")
     serve.add_argument("--log-level", default=_env("EDGE_LOG_LEVEL", "INFO"))
 
     check = sub.add_parser("check", help="compile configuration offline and print every diagnostic")
@@ -72,11 +93,14 @@ def main(argv: list[str] | None = None) -> None:
     from edge.supervisor.main import Options, run
 
     paths = args.config or [p for p in _env("EDGE_CONFIG", "").split(":") if p]
-    if not paths:
-        sys.exit("edge serve: give configuration with -c PATH (or EDGE_CONFIG)")
+    if not paths and not args.kubernetes:
+        sys.exit("edge serve: give configuration with -c PATH (or EDGE_CONFIG), or --kubernetes")
     logging.basicConfig(level=args.log_level, format="%(asctime)s supervisor %(levelname)s %(message)s")
     run(Options(config_paths=paths, workers=max(1, args.workers), admin_addr=args.admin_addr,
                 ambassador_id=args.ambassador_id, namespace=args.namespace, dns_refresh=args.dns_refresh,
                 heartbeat_timeout=args.heartbeat_timeout, drain_timeout=args.drain_timeout,
                 header_timeout=args.header_timeout, idle_timeout=args.idle_timeout, log_level=args.log_level,
-                max_table_bytes=int(args.max_table_mb * (1 << 20))))
+                max_table_bytes=int(args.max_table_mb * (1 << 20)), kubernetes=args.kubernetes,
+                kubeconfig=args.kubeconfig, single_namespace=args.single_namespace,
+                label_selector=args.label_selector, ingress_status_service=args.ingress_status_service,
+                ingress_status_address=args.ingress_status_address))

@@ -16,7 +16,7 @@ import msgpack
 
 from edge.model import RouteTable
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class CodecError(ValueError):

@@ -36,14 +36,21 @@ class Endpoint:
 
 @dataclass(frozen=True)
 class Cluster:
-    """An upstream service; endpoints are filled in by the supervisor's resolver."""
+    """An upstream service; endpoints are filled in by the supervisor (edge.supervisor.endpoints)."""
 
     name: str
     service: str  # as the user wrote it
-    host: str  # DNS name or IP literal
+    host: str  # DNS name, Service name, Consul service name or IP literal
     port: int
     connect_timeout_ms: int
     endpoints: tuple[Endpoint, ...] = ()
+    # how endpoints are found: "static" (an IP literal), "kubernetes-service",
+    # "kubernetes-endpoint" or "consul" (edge.resources.resolver)
+    discovery: str = "static"
+    namespace: str = ""  # the Mapping's namespace: where an unqualified Service name lives
+    port_name: str = ""  # a named Service port (`service: name:http`)
+    consul_address: str = ""  # Consul agent HOST:PORT
+    datacenter: str = ""
 
 
 @dataclass(frozen=True)

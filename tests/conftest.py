@@ -126,6 +126,15 @@ class Edge:
 
 
 @pytest.fixture
+def fake_kube():
+    from tests.fakekube import FakeKube
+
+    kube = FakeKube().start()
+    yield kube
+    kube.stop()
+
+
+@pytest.fixture
 def make_edge(tmp_path):
     started = []
 

@@ -138,7 +138,8 @@ def test_host_association_index_agrees_with_the_rule_on_random_configurations():
         diags = compiler._Diags()
         module = compiler.compile_module([], diags)
         hosts = compiler.compile_hosts([o for o in objs if o.kind == "Host"], diags)
-        mappings = compiler.compile_mappings([o for o in objs if o.kind == "Mapping"], module, diags)
+        resolvers = compiler.compile_resolvers({}, module, diags)
+        mappings = compiler.compile_mappings([o for o in objs if o.kind == "Mapping"], module, resolvers, diags)
         routes, _ = compiler.build_routes(mappings, module, diags)
         assert len(table.virtual_hosts) == len(hosts)
         for vh in table.virtual_hosts:

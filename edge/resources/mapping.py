@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
 
 from edge.resources.base import (
@@ -22,7 +23,7 @@ KNOWN_FIELDS = frozenset({
     "method_regex", "precedence", "rewrite", "regex_rewrite", "host_rewrite",
     "add_request_headers", "add_response_headers", "remove_request_headers",
     "remove_response_headers", "service", "weight", "timeout_ms", "connect_timeout_ms",
-    "idle_timeout_ms", "ambassador_id", "labels",
+    "idle_timeout_ms", "ambassador_id", "labels", "resolver",
 })
 
 
@@ -30,6 +31,7 @@ KNOWN_FIELDS = frozenset({
 class Service:
     host: str
     port: int
+    port_name: str = ""  # `name:http`: a named Service port, for the Kubernetes resolvers
 
     @property
     def is_ip(self) -> bool:
@@ -72,6 +74,7 @@ class MappingSpec:
     timeout_ms: int | None
     connect_timeout_ms: int | None
     idle_timeout_ms: int | None
+    resolver: str | None = None  # a resolver's name; None: the Module's default
 
 
 def parse_service(text: str, field: str = "spec.service") -> Service:
@@ -95,12 +98,21 @@ def parse_service(text: str, field: str = "spec.service") -> Service:
             port = _port(tail[1:], text, field)
     elif rest.count(":") == 1:
         host, port_text = rest.split(":")
+        if _PORT_NAME.match(port_text) and not port_text.isdigit():
+            return Service(_host(host, text, field), 0, port_text)
         port = _port(port_text, text, field)
     else:
         host = rest
+    return Service(_host(host, text, field), port)
+
+
+_PORT_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+def _host(host: str, whole: str, field: str) -> str:
     if not host or any(c in host for c in " \t@?#"):
-        raise Invalid(field, f"no valid host in service {text!r}")
-    return Service(host.lower(), port)
+        raise Invalid(field, f"no valid host in service {whole!r}")
+    return host.lower()
 
 
 def _port(text: str, whole: str, field: str) -> int:
@@ -226,4 +238,5 @@ def parse_mapping(obj: RawObject, defaults: dict | None = None) -> MappingSpec:
         timeout_ms=opt_int(spec, "timeout_ms", None, minimum=0),
         connect_timeout_ms=opt_int(spec, "connect_timeout_ms", None, minimum=1),
         idle_timeout_ms=opt_int(spec, "idle_timeout_ms", None, minimum=0),
+        resolver=opt_str(spec, "resolver"),
     )

@@ -10,7 +10,7 @@ from edge.resources.base import Invalid, RawObject, opt_bool, opt_dict, opt_int,
 KNOWN_CONFIG = frozenset({
     "defaults", "server_name", "cluster_request_timeout_ms", "max_request_headers_kb",
     "merge_slashes", "strip_matching_host_port", "xff_num_trusted_hops",
-    "suppress_envoy_headers",
+    "suppress_envoy_headers", "resolver",
 })
 
 
@@ -19,6 +19,7 @@ class ModuleSpec:
     settings: Settings
     mapping_defaults: dict
     request_timeout_ms: int | None
+    resolver: str | None = None  # the default resolver's name
 
 
 def parse_module(obj: RawObject) -> ModuleSpec:
@@ -40,4 +41,5 @@ def parse_module(obj: RawObject) -> ModuleSpec:
         suppress_envoy_headers=opt_bool(config, "suppress_envoy_headers", False, p),
     )
     return ModuleSpec(settings, mapping_defaults,
-                      opt_int(config, "cluster_request_timeout_ms", None, p, minimum=0))
+                      opt_int(config, "cluster_request_timeout_ms", None, p, minimum=0),
+                      opt_str(config, "resolver", None, p))

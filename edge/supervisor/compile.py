@@ -4,8 +4,8 @@ No I/O, no clock, no globals: the same objects always give the same table. Stage
 named functions run in order: select (ambassador_id, duplicates) -> parse each kind ->
 group Mappings (canary weights) -> associate Mappings with Hosts -> bind Hosts to
 Listeners -> clusters. An invalid object is dropped with a Diagnostic; everything else
-still compiles. Endpoints of DNS-named services are filled in afterwards by
-`with_endpoints`, from the supervisor's resolver.
+still compiles. Endpoints other than IP literals are filled in afterwards by
+`edge.supervisor.endpoints.fill`, from what the supervisor's resolvers know.
 """
 
 from __future__ import annotations
@@ -34,12 +34,14 @@ from edge.resources.listener import ListenerSpec as ListenerInput
 from edge.resources.listener import parse_listener
 from edge.resources.mapping import KNOWN_FIELDS, MappingSpec, parse_mapping
 from edge.resources.module import ModuleSpec, parse_module
+from edge.resources.resolver import BUILT_IN, CONSUL, SERVICE, ResolverSpec, parse_resolver
+from edge.resources.resolver import KINDS as RESOLVER_KINDS
 
 DEFAULT_TIMEOUT_MS = 3000
 DEFAULT_CONNECT_TIMEOUT_MS = 3000
 DEFAULT_IDLE_TIMEOUT_MS = 300_000
 DEFAULT_LISTENER_PORT = 8080
-SUPPORTED_KINDS = ("Mapping", "Host", "Listener", "Module")
+SUPPORTED_KINDS = ("Mapping", "Host", "Listener", "Module", *RESOLVER_KINDS)
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,8 @@ def compile(objects: Iterable[RawObject], options: CompileOptions = CompileOptio
     module = compile_module(selected.get("Module", []), diags)
     listeners = compile_listeners(selected.get("Listener", []), options, diags)
     hosts = compile_hosts(selected.get("Host", []), diags)
-    mappings = compile_mappings(selected.get("Mapping", []), module, diags)
+    resolvers = compile_resolvers(selected, module, diags)
+    mappings = compile_mappings(selected.get("Mapping", []), module, resolvers, diags)
     routes, clusters = build_routes(mappings, module, diags)
     vhosts = associate_hosts(hosts, routes, mappings)
     bound = bind_listeners(listeners, hosts, vhosts)
@@ -159,15 +162,49 @@ def compile_hosts(objs: list[RawObject], diags: _Diags) -> list[tuple[RawObject,
     return out
 
 
+# ---- resolvers --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Resolvers:
+    by_name: dict[str, ResolverSpec]
+    default: ResolverSpec
+
+
+def compile_resolvers(selected: dict[str, list[RawObject]], module: ModuleSpec, diags: _Diags) -> _Resolvers:
+    """Every resolver by name (the built-in `kubernetes-service` and `kubernetes-endpoint`
+    included) and the default one: the Module's `resolver`, else `kubernetes-service`."""
+    by_name = dict(BUILT_IN)
+    for kind in sorted(RESOLVER_KINDS):
+        for obj in selected.get(kind, []):
+            if obj.name in by_name and obj.name not in BUILT_IN:
+                diags.add("error", obj, "metadata.name", f"another resolver is already named {obj.name!r}; ignored")
+                continue
+            try:
+                by_name[obj.name] = parse_resolver(obj)
+            except Invalid as exc:
+                diags.add("error", obj, exc.field, exc.message)
+    default = by_name[SERVICE]
+    if module.resolver is not None:
+        if module.resolver in by_name:
+            default = by_name[module.resolver]
+        else:
+            for obj in selected.get("Module", []):
+                diags.add("error", obj, "spec.config.resolver",
+                          f"no resolver named {module.resolver!r}; using {SERVICE}")
+    return _Resolvers(by_name, default)
+
+
 # ---- Mappings and canary groups ------------------------------------------------------
 
 @dataclass(frozen=True)
 class _Mapping:
     obj: RawObject
     spec: MappingSpec
+    resolver: ResolverSpec
 
 
-def compile_mappings(objs: list[RawObject], module: ModuleSpec, diags: _Diags) -> list[_Mapping]:
+def compile_mappings(objs: list[RawObject], module: ModuleSpec, resolvers: _Resolvers,
+                     diags: _Diags) -> list[_Mapping]:
     out = []
     for obj in objs:
         try:
@@ -175,9 +212,13 @@ def compile_mappings(objs: list[RawObject], module: ModuleSpec, diags: _Diags) -
         except Invalid as exc:
             diags.add("error", obj, exc.field, exc.message)
             continue
+        resolver = resolvers.default if spec.resolver is None else resolvers.by_name.get(spec.resolver)
+        if resolver is None:
+            diags.add("error", obj, "spec.resolver", f"no resolver named {spec.resolver!r}; Mapping dropped")
+            continue
         for key in sorted(set(obj.spec) - KNOWN_FIELDS):
             diags.add("warning", obj, f"spec.{key}", "field is not supported by edge; ignored")
-        out.append(_Mapping(obj, spec))
+        out.append(_Mapping(obj, spec, resolver))
     return out
 
 
@@ -191,9 +232,24 @@ def _group_id(key: tuple) -> str:
     return hashlib.blake2b(repr(key).encode(), digest_size=8).hexdigest()
 
 
-def cluster_name(spec: MappingSpec, connect_timeout_ms: int) -> str:
-    name = f"cluster_{spec.service.host}_{spec.service.port}".replace(".", "_").replace(":", "_")
-    return name if connect_timeout_ms == DEFAULT_CONNECT_TIMEOUT_MS else f"{name}_ct{connect_timeout_ms}"
+def cluster_for(m: _Mapping, connect_timeout_ms: int) -> Cluster:
+    """The Mapping's upstream. Its name is the service, plus whatever else makes it a
+    different upstream: the namespace of an unqualified Kubernetes name, a resolver other
+    than the default, a connect timeout other than the default."""
+    svc, resolver = m.spec.service, m.resolver
+    static = svc.is_ip and resolver.discovery != CONSUL
+    name = f"cluster_{svc.host}_{svc.port_name or svc.port}"
+    namespace = m.obj.namespace if not static and resolver.discovery != CONSUL else ""
+    if namespace and "." not in svc.host:
+        name += f"_{namespace}"
+    if resolver.name != SERVICE and not static:
+        name += f"_{resolver.name}"
+    if connect_timeout_ms != DEFAULT_CONNECT_TIMEOUT_MS:
+        name += f"_ct{connect_timeout_ms}"
+    return Cluster(name.replace(".", "_").replace(":", "_"), m.spec.service_text, svc.host, svc.port,
+                   connect_timeout_ms, (Endpoint(svc.host, svc.port),) if static else (),
+                   "static" if static else resolver.discovery, namespace, svc.port_name,
+                   resolver.address, resolver.datacenter)
 
 
 def canary_weights(weights: list[int | None]) -> list[int] | None:
@@ -246,10 +302,9 @@ def build_routes(mappings: list[_Mapping], module: ModuleSpec, diags: _Diags) ->
         targets = []
         for m, weight in zip(members, cumulative):
             s = m.spec
-            connect = s.connect_timeout_ms or DEFAULT_CONNECT_TIMEOUT_MS
-            name = cluster_name(s, connect)
-            clusters.setdefault(name, Cluster(name, s.service_text, s.service.host, s.service.port, connect,
-                                              (Endpoint(s.service.host, s.service.port),) if s.service.is_ip else ()))
+            cluster = cluster_for(m, s.connect_timeout_ms or DEFAULT_CONNECT_TIMEOUT_MS)
+            name = cluster.name
+            clusters.setdefault(name, cluster)
             targets.append(Target(
                 mapping=f"{m.obj.namespace}/{m.obj.name}",
                 cluster=name,
@@ -414,20 +469,3 @@ def bind_listeners(listeners: list[tuple[RawObject | None, ListenerInput]],
         out.append(ListenerSpec(name, spec.port, "0.0.0.0", spec.protocol, spec.security_model,
                                 spec.l7_depth, spec.stats_prefix, tuple(bound)))
     return tuple(out)
-
-
-# ---- endpoints -----------------------------------------------------------------------
-
-def dns_names(table: RouteTable) -> list[str]:
-    """Cluster hosts that need DNS resolution, sorted."""
-    return sorted({c.host for c in table.clusters if not c.endpoints})
-
-
-def with_endpoints(table: RouteTable, resolved: dict[str, tuple[str, ...]]) -> RouteTable:
-    """Fill DNS-named clusters' endpoints from `resolved` (name -> addresses)."""
-    clusters = []
-    for c in table.clusters:
-        if c.host in resolved:
-            c = replace(c, endpoints=tuple(Endpoint(a, c.port) for a in resolved[c.host]))
-        clusters.append(c)
-    return replace(table, clusters=tuple(clusters))

@@ -1,7 +1,10 @@
 """The supervisor: sources -> compile -> resolve -> publish, plus the arbiter and admin.
 
+Sources (files, Kubernetes) each send full Snapshots; they are merged and compiled.
 Snapshots are debounced (a short hold-off, bounded by a maximum delay) so a burst of file
-writes becomes one table. A failed compile never replaces the last good table.
+writes becomes one table. A failed compile never replaces the last good table. Endpoint
+changes (EndpointSlices, Services, Consul, DNS) take the fast path: the compiled table is
+re-filled with endpoints and published, at most once per ENDPOINT_INTERVAL, no compile.
 """
 
 from __future__ import annotations
@@ -21,14 +24,17 @@ from edge.shm import StatCells
 from edge.supervisor import compile as compiler
 from edge.supervisor.admin import serve_admin
 from edge.supervisor.arbiter import Arbiter
+from edge.supervisor import endpoints
 from edge.supervisor.publish import Publisher, TableTooLarge
 from edge.supervisor.resolver import resolve_all
 from edge.supervisor.sources import files
+from edge.supervisor.sources.consul import ConsulWatcher
 
 log = logging.getLogger("edge.supervisor")
 
 HOLD_OFF = 0.02
 MAX_DELAY = 0.2
+ENDPOINT_INTERVAL = 0.01
 
 
 @dataclass
@@ -46,6 +52,12 @@ class Options:
     idle_timeout: float = 300.0
     log_level: str = "INFO"
     max_table_bytes: int = 256 << 20
+    kubernetes: bool = False
+    kubeconfig: str | None = None
+    single_namespace: bool = False
+    label_selector: str = ""
+    ingress_status_service: str = "edge"
+    ingress_status_address: str = ""
     worker_args: list[str] = field(default_factory=list)
 
 
@@ -60,9 +72,14 @@ class Supervisor:
         self.arbiter = Arbiter(opts.workers, self.publisher.first_segment, self.stats, worker_args,
                                heartbeat_timeout=opts.heartbeat_timeout)
         self.snapshot: files.Snapshot | None = None
+        self.sources: dict[str, files.Snapshot] = {}
         self.compiled: RouteTable | None = None
         self.diagnostics: list[Diagnostic] = []
-        self.resolved: dict[str, tuple[str, ...]] = {}
+        self.book = endpoints.EndpointBook()
+        self.kube = self._kubernetes_source() if opts.kubernetes else None
+        self.consul = ConsulWatcher(self.book, self.endpoints_changed)
+        self._endpoints_dirty = trio.Event()
+        self.endpoint_publishes = 0
         self.failed_dns: list[str] = []
         self.dns_diagnostics: list[Diagnostic] = []
         self.compile_count = 0
@@ -71,7 +88,22 @@ class Supervisor:
         self.last_apply_ms = 0.0
         self.stopping = trio.Event()
 
+    def _kubernetes_source(self):
+        from edge.supervisor.sources.kubernetes import KubernetesSource, Scope
+        from edge.supervisor.sources.kubewatch import api_client
+
+        scope = Scope(self.opts.namespace, self.opts.single_namespace, self.opts.label_selector,
+                      self.opts.ingress_status_service, self.opts.ingress_status_address)
+        return KubernetesSource(api_client(self.opts.kubeconfig), scope, self.book)
+
     # ---- pipeline ----
+    def merged(self) -> files.Snapshot:
+        objects, diags = [], []
+        for name in sorted(self.sources):
+            objects += self.sources[name].objects
+            diags += self.sources[name].diagnostics
+        return files.Snapshot(tuple(objects), tuple(diags))
+
     async def apply(self, snapshot: files.Snapshot) -> None:
         started = time.perf_counter()
         self.snapshot = snapshot
@@ -90,20 +122,36 @@ class Supervisor:
         self.last_apply_ms = (time.perf_counter() - started) * 1000
 
     async def _refresh_dns(self, force: bool) -> None:
-        names = compiler.dns_names(self.compiled)
-        todo = names if force else [n for n in names if n not in self.resolved]
+        names = endpoints.dns_names(self.compiled, self.book)
+        todo = names if force else [n for n in names if n not in self.book.dns]
         if todo:
-            found, failed = await resolve_all(todo, self.resolved)
-            self.resolved.update(found)
+            found, failed = await resolve_all(todo, self.book.dns)
+            self.book.dns.update(found)
             self.failed_dns = failed
-        self.resolved = {n: a for n, a in self.resolved.items() if n in names}
+        self.book.dns = {n: a for n, a in self.book.dns.items() if n in names}
+
+    def endpoints_changed(self) -> None:
+        """Sources call this after changing the EndpointBook: publish soon, no compile."""
+        self._endpoints_dirty.set()
+
+    async def _endpoint_loop(self) -> None:
+        while True:
+            await self._endpoints_dirty.wait()
+            self._endpoints_dirty = trio.Event()
+            if self.compiled is not None:
+                self.endpoint_publishes += 1
+                self._publish()
+            await trio.sleep(ENDPOINT_INTERVAL)  # changes arriving meanwhile go out together
 
     def _publish(self) -> bool:
         """Publish the compiled table with today's endpoints; False if it was rejected
         whole (a global invariant), in which case the last good table keeps serving."""
-        table = compiler.with_endpoints(self.compiled, self.resolved)
-        self.dns_diagnostics = [Diagnostic("warning", "dns", "Cluster", "", c.name, "service",
-                                           f"cannot resolve {c.host}; requests get 503 until it resolves")
+        table = endpoints.fill(self.compiled, self.book)
+        self.consul.want({endpoints.consul_key(c) for c in table.clusters if c.discovery == "consul"})
+        self.dns_diagnostics = [Diagnostic("warning", "endpoints", "Cluster", "", c.name, "service",
+                                           (f"cannot resolve {c.host}" if c.host in self.failed_dns else
+                                            f"no endpoints for {c.service} ({c.discovery})")
+                                           + "; requests get 503 until it has some")
                                 for c in table.clusters if not c.endpoints]
         table = replace(table, diagnostics=tuple(self.diagnostics + self.dns_diagnostics))
         try:
@@ -129,22 +177,32 @@ class Supervisor:
         while True:
             await trio.sleep(self.opts.dns_refresh)
             if self.compiled is not None:
-                before = dict(self.resolved)
+                before = dict(self.book.dns)
                 await self._refresh_dns(force=True)
-                if self.resolved != before:
+                if self.book.dns != before:
                     self._publish()
 
     async def _pipeline(self, receive: trio.MemoryReceiveChannel) -> None:
         """Debounce snapshots: wait HOLD_OFF after the last one, at most MAX_DELAY."""
         while True:
-            snapshot = await receive.receive()
+            name, snapshot = await receive.receive()
+            self.sources[name] = snapshot
             deadline = trio.current_time() + MAX_DELAY
             while True:
                 with trio.move_on_at(min(deadline, trio.current_time() + HOLD_OFF)) as scope:
-                    snapshot = await receive.receive()
+                    name, snapshot = await receive.receive()
+                    self.sources[name] = snapshot
                 if scope.cancelled_caught:
                     break
-            await self.apply(snapshot)
+            await self.apply(self.merged())
+
+    async def _first_snapshots(self, receive: trio.MemoryReceiveChannel, names: set[str]) -> None:
+        """Wait until every source has sent its first snapshot (Kubernetes: every kind
+        listed), then compile and publish them together."""
+        while not names <= self.sources.keys():
+            name, snapshot = await receive.receive()
+            self.sources[name] = snapshot
+        await self.apply(self.merged())
 
     # ---- run ----
     async def run(self) -> None:
@@ -154,13 +212,21 @@ class Supervisor:
                 send, receive = trio.open_memory_channel(math.inf)
                 hup_send, hup_receive = trio.open_memory_channel(16)
                 nursery.start_soon(self._signals, hup_send)
-                nursery.start_soon(lambda: files.watch(
-                    self.opts.config_paths, send, interval=self.opts.watch_interval,
-                    default_namespace=self.opts.namespace, reload_events=hup_receive))
-                await self.apply(await receive.receive())  # listeners exist before workers start
+                await nursery.start(self.consul.run)
+                names = set()
+                if self.opts.config_paths:
+                    names.add("files")
+                    nursery.start_soon(lambda: files.watch(
+                        self.opts.config_paths, _Tagged("files", send), interval=self.opts.watch_interval,
+                        default_namespace=self.opts.namespace, reload_events=hup_receive))
+                if self.kube is not None:
+                    names.add("kubernetes")
+                    nursery.start_soon(self.kube.run, _Tagged("kubernetes", send), self.endpoints_changed)
+                await self._first_snapshots(receive, names)  # listeners exist before workers start
                 nursery.start_soon(self._pipeline, receive)
                 nursery.start_soon(self.arbiter.run)
                 nursery.start_soon(self._dns_loop)
+                nursery.start_soon(self._endpoint_loop)
                 await nursery.start(serve_admin, self, self.opts.admin_addr)
                 log.info("admin on http://%s/, %d workers", self.opts.admin_addr, self.opts.workers)
                 await self.stopping.wait()
@@ -216,7 +282,16 @@ class Supervisor:
             "listeners": {str(p): "listening" for p in self.arbiter.sockets} | {
                 str(p): f"bind failed: {e}" for p, e in self.arbiter.bind_errors.items()},
             "dns_failures": self.failed_dns,
+            "sources": self.source_statistics(),
         }
+
+    def source_statistics(self) -> dict:
+        out = {"files": {"paths": self.opts.config_paths}} if self.opts.config_paths else {}
+        if self.kube is not None:
+            out["kubernetes"] = self.kube.statistics()
+        if self.consul.watches:
+            out["consul"] = self.consul.statistics()
+        return out
 
     def diag(self) -> dict:
         objects = self.snapshot.objects if self.snapshot else ()
@@ -250,7 +325,31 @@ class Supervisor:
             "edge_worker_restarts_total": sum(w["restarts"] for w in workers),
             "edge_workers_retiring": len(self.arbiter.retiring),
             "edge_last_apply_ms": round(self.last_apply_ms, 3),
+            "edge_endpoint_publishes_total": self.endpoint_publishes,
+            **self._source_metrics(),
         }
+
+    def _source_metrics(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        if self.kube is not None:
+            stats = self.kube.statistics()
+            out["edge_kubernetes_stale"] = int(stats["stale"])
+            out["edge_kubernetes_relists_total"] = sum(k["lists"] for k in stats["kinds"].values())
+            out["edge_kubernetes_watch_errors_total"] = sum(k["errors"] for k in stats["kinds"].values())
+            out["edge_kubernetes_events_total"] = sum(k["events"] for k in stats["kinds"].values())
+        if self.consul.watches:
+            out["edge_consul_stale"] = int(self.consul.statistics()["stale"])
+        return out
+
+
+class _Tagged:
+    """A source's send channel: what it sends arrives as (source name, snapshot)."""
+
+    def __init__(self, name: str, send: trio.MemorySendChannel):
+        self.name, self.send_channel = name, send
+
+    async def send(self, snapshot: files.Snapshot) -> None:
+        await self.send_channel.send((self.name, snapshot))
 
 
 def run(opts: Options) -> None:

@@ -1,0 +1,254 @@
+"""The Kubernetes source: watch the cluster, emit configuration snapshots, keep endpoints.
+
+One Reflector (list + watch) per kind. Events land here, in the supervisor's trio thread:
+- getambassador.io objects, Service `getambassador.io/config` annotations and Ingresses
+  become RawObjects (edge.resources.kubernetes); any change to them sends a new Snapshot,
+  which the supervisor compiles. No snapshot is sent before every kind has been listed once.
+- Services and EndpointSlices update the EndpointBook in place and call
+  `endpoints_changed`: the supervisor re-fills endpoints and publishes without compiling.
+- Ingresses we serve get `status.loadBalancer` from the gateway's own Service (or a
+  configured address).
+
+Scope as Emissary: one namespace (AMBASSADOR_SINGLE_NAMESPACE), a label selector
+(AMBASSADOR_LABEL_SELECTOR) on getambassador.io objects, Ingresses and the Services whose
+annotations are read. The API server going away changes nothing that is served: the last
+objects stay, `statistics()` says the source is stale, and the watches resume.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable
+
+import trio
+
+from edge.model import Diagnostic
+from edge.resources import kubernetes as k8s
+from edge.resources.base import RawObject
+from edge.supervisor.endpoints import EndpointBook
+from edge.supervisor.sources.files import Snapshot
+from edge.supervisor.sources.kubewatch import API_ERRORS, Backoff, Reflector, Resource, request
+
+log = logging.getLogger("edge.kubernetes")
+
+AMBASSADOR_KINDS = ("Mapping", "Host", "Listener", "Module", "TCPMapping", "TLSContext", "AuthService",
+                    "RateLimit", "KubernetesServiceResolver", "KubernetesEndpointResolver", "ConsulResolver")
+SERVICES = Resource("", "v1", "services", "Service")
+SECRETS = Resource("", "v1", "secrets", "Secret")
+ENDPOINT_SLICES = Resource("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice")
+# Kubernetes before 1.21 serves EndpointSlices as v1beta1 only; the fields we read are the same
+ENDPOINT_SLICES_BETA = Resource("discovery.k8s.io", "v1beta1", "endpointslices", "EndpointSlice")
+INGRESSES = Resource("networking.k8s.io", "v1", "ingresses", "Ingress")
+INGRESS_CLASSES = Resource("networking.k8s.io", "v1", "ingressclasses", "IngressClass", namespaced=False)
+
+
+@dataclass(frozen=True)
+class Scope:
+    ambassador_namespace: str = "default"
+    single_namespace: bool = False
+    label_selector: str = ""
+    status_service: str = "edge"  # the gateway's own Service, in ambassador_namespace
+    status_address: str = ""  # when set, written to Ingress status instead of the Service's
+
+
+def _labels_match(selector: str, labels: dict) -> bool:
+    """Equality-based selectors (`a=b,c==d,e!=f`), as AMBASSADOR_LABEL_SELECTOR is written."""
+    for term in filter(None, (t.strip() for t in selector.split(","))):
+        if "!=" in term:
+            key, value = term.split("!=", 1)
+            if labels.get(key.strip()) == value.strip():
+                return False
+        else:
+            key, value = term.replace("==", "=").split("=", 1) if "=" in term else (term, None)
+            if (key.strip() not in labels) if value is None else (labels.get(key.strip()) != value.strip()):
+                return False
+    return True
+
+
+class KubernetesSource:
+    """Call `run(send, endpoints_changed)`; it sends Snapshots on `send` until cancelled."""
+
+    def __init__(self, api, scope: Scope, book: EndpointBook, *, watch_timeout: float = 300.0):
+        self.api = api
+        self.scope = scope
+        self.book = book
+        namespace = scope.ambassador_namespace if scope.single_namespace else None
+        limiter = trio.CapacityLimiter(64)  # the watch threads must not starve getaddrinfo's
+
+        def reflector(resource: Resource, selected: bool = False, field_selector: str = "",
+                      fallback: Resource | None = None) -> Reflector:
+            return Reflector(api, resource, self._on_event, namespace=namespace if resource.namespaced else None,
+                             label_selector=scope.label_selector if selected else "",
+                             field_selector=field_selector, watch_timeout=watch_timeout, limiter=limiter,
+                             fallback=fallback)
+
+        self.reflectors = [reflector(Resource("getambassador.io", "v3alpha1", kind.lower() + "s", kind), True)
+                           for kind in AMBASSADOR_KINDS]
+        self.reflectors += [reflector(SERVICES), reflector(ENDPOINT_SLICES, fallback=ENDPOINT_SLICES_BETA), reflector(INGRESSES, True),
+                            reflector(INGRESS_CLASSES), reflector(SECRETS, field_selector="type=kubernetes.io/tls")]
+        self.parts: dict[tuple[str, str, str], tuple[list[RawObject], list[Diagnostic]]] = {}
+        self.slice_owner: dict[tuple[str, str], tuple[str, str]] = {}
+        self.ingresses: dict[tuple[str, str], dict] = {}
+        self.ingress_classes: dict[tuple[str, str], dict] = {}
+        self.secrets: dict[tuple[str, str], dict] = {}
+        self.status_writes = 0
+        self.status_errors = 0
+        self._config_changed = trio.Event()
+        self._status_changed = trio.Event()
+        self._endpoints_changed: Callable[[], None] = lambda: None
+
+    # ---- events -------------------------------------------------------------------------
+    def _on_event(self, resource: Resource, key: tuple[str, str], obj: dict | None) -> None:
+        kind = resource.kind
+        if kind in AMBASSADOR_KINDS:
+            self._set_part((kind, *key), k8s.custom_resource(kind, obj) if obj is not None else None)
+        elif kind == "Service":
+            self._on_service(key, obj)
+        elif kind == "EndpointSlice":
+            self._on_slice(key, obj)
+        elif kind == "Ingress":
+            self._store(self.ingresses, key, obj)
+            self._translate_ingress(key)
+            self._status_changed.set()
+        elif kind == "IngressClass":
+            self._store(self.ingress_classes, key, obj)
+            for ing in list(self.ingresses):
+                self._translate_ingress(ing)
+            self._status_changed.set()
+        elif kind == "Secret":
+            self._store(self.secrets, key, obj)
+
+    @staticmethod
+    def _store(store: dict, key, obj) -> None:
+        if obj is None:
+            store.pop(key, None)
+        else:
+            store[key] = obj
+
+    def _set_part(self, key: tuple[str, str, str], part) -> None:
+        if part is None or part == ([], []):
+            changed = self.parts.pop(key, None) is not None
+        else:
+            changed = self.parts.get(key) != part
+            self.parts[key] = part
+        if changed:
+            self._config_changed.set()
+
+    def _on_service(self, key: tuple[str, str], svc: dict | None) -> None:
+        annotated = svc is not None and _labels_match(self.scope.label_selector,
+                                                      (svc.get("metadata") or {}).get("labels") or {})
+        self._set_part(("Service", *key), k8s.service_annotation(svc) if annotated else None)
+        info = k8s.service_info(svc) if svc is not None else None
+        if self.book.services.get(key) != info:
+            self._store(self.book.services, key, info)
+            self._endpoints_changed()
+            if key == (self.scope.ambassador_namespace, self.scope.status_service):
+                self._status_changed.set()
+
+    def _on_slice(self, key: tuple[str, str], eps: dict | None) -> None:
+        namespace, name = key
+        info = k8s.slice_info(eps) if eps is not None else None
+        owner = self.slice_owner.pop(key, None)
+        if owner is not None:
+            slices = self.book.slices.get(owner, {})
+            slices.pop(name, None)
+            if not slices:
+                self.book.slices.pop(owner, None)
+        if info is not None:
+            owner = (namespace, info.service)
+            self.slice_owner[key] = owner
+            self.book.slices.setdefault(owner, {})[name] = info
+        self._endpoints_changed()
+
+    def _translate_ingress(self, key: tuple[str, str]) -> None:
+        obj = self.ingresses.get(key)
+        if obj is None:
+            return self._set_part(("Ingress", *key), None)
+        names, default = k8s.our_ingress_classes(list(self.ingress_classes.values()))
+        self._set_part(("Ingress", *key), k8s.ingress(obj, names, default))
+
+    # ---- output -------------------------------------------------------------------------
+    def snapshot(self) -> Snapshot:
+        objects, diags = [], []
+        for key in sorted(self.parts):
+            objects += self.parts[key][0]
+            diags += self.parts[key][1]
+        return Snapshot(tuple(objects), tuple(diags))
+
+    def synced(self) -> bool:
+        return all(r.synced.is_set() for r in self.reflectors)
+
+    def statistics(self) -> dict:
+        return {
+            "synced": self.synced(),
+            "stale": not all(r.connected for r in self.reflectors),
+            "kinds": {r.resource.kind: r.statistics() for r in self.reflectors},
+            "ingress_status_writes": self.status_writes,
+            "ingress_status_errors": self.status_errors,
+        }
+
+    async def run(self, send: trio.MemorySendChannel, endpoints_changed: Callable[[], None]) -> None:
+        """Watch until cancelled. The first Snapshot is sent once every kind is listed."""
+        self._endpoints_changed = endpoints_changed
+        async with trio.open_nursery() as nursery:
+            for r in self.reflectors:
+                nursery.start_soon(r.run)
+            for r in self.reflectors:
+                await r.synced.wait()
+            log.info("kubernetes: %d kinds listed, %d objects", len(self.reflectors),
+                     sum(len(r.items) for r in self.reflectors))
+            nursery.start_soon(self._write_ingress_status)
+            while True:
+                self._config_changed = trio.Event()
+                await send.send(self.snapshot())
+                await self._config_changed.wait()
+
+    # ---- Ingress status ---------------------------------------------------------------
+    def status_addresses(self) -> tuple[str, ...]:
+        """What Ingresses we serve should show in status.loadBalancer.ingress."""
+        if self.scope.status_address:
+            return tuple(a.strip() for a in self.scope.status_address.split(",") if a.strip())
+        info = self.book.services.get((self.scope.ambassador_namespace, self.scope.status_service))
+        return info.load_balancer if info is not None else ()
+
+    def _stale_statuses(self) -> list[tuple[tuple[str, str], list[dict]]]:
+        addresses = self.status_addresses()
+        if not addresses:
+            return []
+        names, default = k8s.our_ingress_classes(list(self.ingress_classes.values()))
+        wanted = [{"hostname": a} if any(c.isalpha() for c in a) and ":" not in a else {"ip": a} for a in addresses]
+        out = []
+        for key, ing in sorted(self.ingresses.items()):
+            if not k8s.ingress_is_ours(ing, names, default):
+                continue
+            current = ((ing.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
+            if current != wanted:
+                out.append((key, wanted))
+        return out
+
+    async def _write_ingress_status(self) -> None:
+        backoff = Backoff(first=0.5, cap=30.0)
+        while True:
+            await self._status_changed.wait()
+            self._status_changed = trio.Event()
+            failed = False
+            for (namespace, name), wanted in self._stale_statuses():
+                body = {"status": {"loadBalancer": {"ingress": wanted}}}
+                try:
+                    await trio.to_thread.run_sync(self._patch_status, namespace, name, body, abandon_on_cancel=True)
+                    self.status_writes += 1
+                except API_ERRORS as exc:
+                    self.status_errors += 1
+                    failed = True
+                    log.warning("cannot update status of Ingress %s/%s: %s", namespace, name,
+                                str(exc).splitlines()[0][:200])
+            if failed:
+                self._status_changed.set()
+                await trio.sleep(backoff.next())
+            else:
+                backoff.reset()
+
+    def _patch_status(self, namespace: str, name: str, body: dict) -> None:
+        path = f"/apis/networking.k8s.io/v1/namespaces/{namespace}/ingresses/{name}/status"
+        request(self.api, "PATCH", path, body=body, content_type="application/merge-patch+json").release_conn()
