@@ -81,34 +81,37 @@ class FakeConsul:
         self.cond.notify_all()
 
     def register(self, body: dict) -> None:
+        """Field names are case-insensitive, as Consul's JSON decoding is."""
+        body = _lower(body)
         with self.cond:
-            node = body["Node"]
-            self.nodes[node] = {"Node": node, "Address": body.get("Address", ""), "Datacenter": self.datacenter,
-                                "ID": "", "TaggedAddresses": None, "Meta": body.get("NodeMeta") or {}}
-            service = body.get("Service")
+            node = body["node"]
+            self.nodes[node] = {"Node": node, "Address": body.get("address", ""), "Datacenter": self.datacenter,
+                                "ID": "", "TaggedAddresses": None, "Meta": body.get("nodemeta") or {}}
+            service = body.get("service")
             if service:
-                sid = service.get("ID") or service["Service"]
-                self.services[(node, sid)] = {"ID": sid, "Service": service["Service"],
-                                              "Tags": service.get("Tags") or [], "Address": service.get("Address", ""),
-                                              "Port": service.get("Port", 0), "Meta": service.get("Meta") or {},
+                sid = service.get("id") or service["service"]
+                self.services[(node, sid)] = {"ID": sid, "Service": service["service"],
+                                              "Tags": service.get("tags") or [], "Address": service.get("address", ""),
+                                              "Port": service.get("port", 0), "Meta": service.get("meta") or {},
                                               "CreateIndex": self.index + 1, "ModifyIndex": self.index + 1}
-            checks = body.get("Checks") or ([body["Check"]] if body.get("Check") else [])
+            checks = body.get("checks") or ([body["check"]] if body.get("check") else [])
             for check in checks:
-                cid = check.get("CheckID") or check["Name"]
-                self.checks[(node, cid)] = {"Node": node, "CheckID": cid, "Name": check.get("Name", cid),
-                                            "Status": check.get("Status", "critical"),
-                                            "ServiceID": check.get("ServiceID", ""), "Output": check.get("Output", "")}
+                cid = check.get("checkid") or check["name"]
+                self.checks[(node, cid)] = {"Node": node, "CheckID": cid, "Name": check.get("name", cid),
+                                            "Status": check.get("status", "critical"),
+                                            "ServiceID": check.get("serviceid", ""), "Output": check.get("output", "")}
             self._changed()
 
     def deregister(self, body: dict) -> None:
+        body = _lower(body)
         with self.cond:
-            node = body["Node"]
-            if body.get("ServiceID"):
-                self.services.pop((node, body["ServiceID"]), None)
-                for key in [k for k, c in self.checks.items() if k[0] == node and c["ServiceID"] == body["ServiceID"]]:
+            node = body["node"]
+            if body.get("serviceid"):
+                self.services.pop((node, body["serviceid"]), None)
+                for key in [k for k, c in self.checks.items() if k[0] == node and c["ServiceID"] == body["serviceid"]]:
                     del self.checks[key]
-            elif body.get("CheckID"):
-                self.checks.pop((node, body["CheckID"]), None)
+            elif body.get("checkid"):
+                self.checks.pop((node, body["checkid"]), None)
             else:
                 self.nodes.pop(node, None)
                 self.services = {k: v for k, v in self.services.items() if k[0] != node}
@@ -129,6 +132,14 @@ class FakeConsul:
         return out
 
 
+def _lower(value):
+    if isinstance(value, dict):
+        return {k.lower(): _lower(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_lower(v) for v in value]
+    return value
+
+
 class _Handler(BaseHTTPRequestHandler):
     consul: FakeConsul
     protocol_version = "HTTP/1.1"
@@ -138,6 +149,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
+        # answers and watch events are small writes: without NODELAY each waits for the
+        # peer's delayed ACK (40 ms)
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         with self.consul.cond:
             self.consul._conns.add(self.connection)
 

@@ -71,7 +71,7 @@ class _Closed(Exception):
 class FakeKube:
     """Start with `FakeKube().start()`; `url` is the API server's address."""
 
-    def __init__(self, history: int = 10_000, bookmark_interval: float = 1.0):
+    def __init__(self, history: int = 1000, bookmark_interval: float = 1.0):
         self.kinds: dict[tuple[str, str, str], Kind] = {}
         self.objects: dict[Kind, dict[tuple[str, str], dict]] = {}
         self.events: dict[Kind, deque] = {}  # (rv, type, object)
@@ -94,7 +94,7 @@ class FakeKube:
         self.kinds[(kind.group, kind.version, kind.plural)] = kind
         self.objects.setdefault(kind, {})
         self.events.setdefault(kind, deque(maxlen=self.history))
-        self.expired_before.setdefault(kind, 0)
+        self.expired_before.setdefault(kind, self.rv + 1)  # nothing is known from before the start
         self.changed.setdefault(kind, threading.Condition(self.cond))
 
     def kind(self, name: str) -> Kind:
@@ -338,6 +338,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
+        # answers and watch events are small writes: without NODELAY each waits for the
+        # peer's delayed ACK (40 ms)
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         with self.kube.cond:
             self.kube._conns.add(self.connection)
 

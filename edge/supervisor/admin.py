@@ -4,7 +4,9 @@
                                  has loaded it, else 503
     /ambassador/v0/check_alive   200 while the supervisor runs
     /ambassador/v0/diag/         HTML overview; ?json=true for JSON
-    /edge/v1/config              JSON: version, generation, publish_time, diagnostics, workers
+    /edge/v1/config              JSON: version, generation, publish_time, diagnostics, workers,
+                                 sources (Kubernetes/Consul: synced, stale, per-kind state)
+    /edge/v1/clusters            JSON: every cluster of the published table with its endpoints
     /metrics                     Prometheus text
     POST /edge/v1/restart        rolling restart of every worker (as SIGUSR2): 202, or 409
                                  when one runs already
@@ -28,6 +30,7 @@ class AdminView(Protocol):
     def diag(self) -> dict: ...
     def metrics(self) -> dict[str, float]: ...
     def restart_workers(self) -> bool: ...
+    def clusters(self) -> list[dict]: ...
 
 
 def make_app(view: AdminView):
@@ -57,6 +60,8 @@ def make_app(view: AdminView):
                 status, body, ctype = 200, render_diag(data).encode(), b"text/html; charset=utf-8"
         elif path == "/edge/v1/config":
             status, body, ctype = 200, _json(view.config()), b"application/json"
+        elif path == "/edge/v1/clusters":
+            status, body, ctype = 200, _json(view.clusters()), b"application/json"
         elif path == "/edge/v1/restart" and scope["method"] == "POST":
             started = view.restart_workers()
             status = 202 if started else 409

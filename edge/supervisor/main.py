@@ -74,6 +74,7 @@ class Supervisor:
         self.snapshot: files.Snapshot | None = None
         self.sources: dict[str, files.Snapshot] = {}
         self.compiled: RouteTable | None = None
+        self.served: RouteTable | None = None  # the last table published, endpoints filled
         self.diagnostics: list[Diagnostic] = []
         self.book = endpoints.EndpointBook()
         self.kube = self._kubernetes_source() if opts.kubernetes else None
@@ -165,6 +166,7 @@ class Supervisor:
             log.error("%s", self.rejection[0].format())
             return False
         self.rejection = []
+        self.served = table
         if published is not None:
             log.info("published table generation %d (%s, %d bytes)", published.generation,
                      published.version[:12], published.size)
@@ -292,6 +294,11 @@ class Supervisor:
         if self.consul.watches:
             out["consul"] = self.consul.statistics()
         return out
+
+    def clusters(self) -> list[dict]:
+        return [{"name": c.name, "service": c.service, "discovery": c.discovery,
+                 "endpoints": [f"{e.address}:{e.port}" for e in c.endpoints]}
+                for c in (self.served.clusters if self.served else ())]
 
     def diag(self) -> dict:
         objects = self.snapshot.objects if self.snapshot else ()
