@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -17,6 +18,8 @@ import pytest
 from bench.targets import free_port, listener_yaml  # noqa: F401 (tests import free_port from here)
 
 ROOT = Path(__file__).resolve().parent.parent
+REALKUBE = ROOT.parent / "shared" / "tools" / "realkube.sh"
+CACHED = Path(os.environ.get("REALKUBE_CACHE", Path.home() / ".cache" / "realkube")) / "kube-apiserver"
 UPSTREAM = ROOT / "tests" / "upstream.py"
 
 
@@ -123,6 +126,22 @@ class Edge:
                 self.proc.wait()
         self.log.close()
         return self.proc.returncode
+
+
+@pytest.fixture(scope="session")
+def real_kubeconfig(tmp_path_factory):
+    given = os.environ.get("REALKUBE_KUBECONFIG")
+    if given:
+        yield given
+        return
+    if not (CACHED.exists() and REALKUBE.exists() and shutil.which("etcd")):
+        pytest.skip("no real API server given (REALKUBE_KUBECONFIG) or built (realkube.sh build)")
+    state = tmp_path_factory.mktemp("realkube")
+    subprocess.run([str(REALKUBE), "start", str(state)], check=True, capture_output=True, timeout=120)
+    try:
+        yield str(state / "kubeconfig")
+    finally:
+        subprocess.run([str(REALKUBE), "stop", str(state)], capture_output=True, timeout=60)
 
 
 @pytest.fixture

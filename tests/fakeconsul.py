@@ -191,7 +191,7 @@ class _Handler(BaseHTTPRequestHandler):
         if m is None:
             return self._send(404, "not found")
         if q.get("dc", self.consul.datacenter) != self.consul.datacenter:
-            return self._send(500, f"No path to datacenter")
+            return self._send(500, "No path to datacenter")
         try:
             wait = min(parse_wait(q.get("wait", "5m")), 600) if "index" in q else 0
             since = int(q.get("index", "0"))

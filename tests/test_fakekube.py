@@ -10,9 +10,6 @@ server also proves that they apply unchanged.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -27,24 +24,6 @@ from tests.fakekube import FakeKube
 from tests.kubeapply import Kube
 
 ROOT = Path(__file__).resolve().parent.parent
-REALKUBE = ROOT.parent / "shared" / "tools" / "realkube.sh"
-CACHED = Path(os.environ.get("REALKUBE_CACHE", Path.home() / ".cache" / "realkube")) / "kube-apiserver"
-
-
-@pytest.fixture(scope="session")
-def real_kubeconfig(tmp_path_factory):
-    given = os.environ.get("REALKUBE_KUBECONFIG")
-    if given:
-        yield given
-        return
-    if not (CACHED.exists() and REALKUBE.exists() and shutil.which("etcd")):
-        pytest.skip("no real API server given (REALKUBE_KUBECONFIG) or built (realkube.sh build)")
-    state = tmp_path_factory.mktemp("realkube")
-    subprocess.run([str(REALKUBE), "start", str(state)], check=True, capture_output=True, timeout=120)
-    try:
-        yield str(state / "kubeconfig")
-    finally:
-        subprocess.run([str(REALKUBE), "stop", str(state)], capture_output=True, timeout=60)
 
 
 @pytest.fixture(params=["fake", "real"])

@@ -12,7 +12,6 @@ waiting in that socket's accept queue are served, not reset.
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import socket
 import subprocess

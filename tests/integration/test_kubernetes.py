@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 import trio
+import yaml
 
 from bench.loadgen import LoadGenerator
 from tests.kubeapply import Kube, ambassador, endpoint_slice, service
 
 pytestmark = pytest.mark.integration
 
+ROOT = Path(__file__).resolve().parent.parent.parent
 PROPAGATION = 0.2  # issue 6: a change is served within 200 ms
 
 
@@ -194,3 +197,48 @@ async def test_a_forced_410_and_a_30s_outage_lose_nothing_and_drop_no_request(ku
     counts = load.counts["/stable/"]
     assert counts.ok > 1000, "the load generator barely ran"
     assert counts.failures == 0 and set(counts.statuses) == {200}, (dict(load.errors), counts.statuses)
+
+
+def test_against_a_real_api_server(make_edge, real_kubeconfig, upstream, upstream_b):
+    """kube-apiserver 1.20 (realkube.sh): CRDs from config/kubernetes, TLS and a token from
+    the kubeconfig, EndpointSlices from discovery.k8s.io/v1beta1 (1.20 has no v1)."""
+    from kubernetes import client, config
+
+    from edge.supervisor.sources.kubewatch import request
+    from tests.kubeapply import Kube
+
+    cfg = client.Configuration()
+    config.load_kube_config(config_file=real_kubeconfig, client_configuration=cfg)
+    api = client.ApiClient(cfg)
+    ext = client.ApiextensionsV1Api(api)
+    for crd in yaml.safe_load_all((ROOT / "config" / "kubernetes" / "crds.yaml").read_text()):
+        try:
+            ext.create_custom_resource_definition(crd)
+        except client.exceptions.ApiException as exc:
+            assert exc.status == 409, exc.body
+    kube = Kube(api)
+    ns = f"e2e-{int(time.time() * 1000) % 10**8}"
+    client.CoreV1Api(api).create_namespace({"metadata": {"name": ns}})
+    deadline = time.monotonic() + 20
+    while True:  # new CRDs take a moment to be served
+        try:
+            kube.apply(ambassador("Mapping", "m", {"prefix": "/m/", "service": upstream.service}, namespace=ns))
+            break
+        except client.exceptions.ApiException as exc:
+            assert exc.status == 404 and time.monotonic() < deadline, exc.body
+            time.sleep(0.2)
+    kube.apply(service("pods", [{"name": "http", "port": 80}], namespace=ns))
+    slice_ = endpoint_slice("pods-1", "pods", ["127.0.0.1"], upstream_b.port, "http", namespace=ns)
+    slice_["apiVersion"] = "discovery.k8s.io/v1beta1"
+    request(api, "POST", f"/apis/discovery.k8s.io/v1beta1/namespaces/{ns}/endpointslices", body=slice_).release_conn()
+    kube.apply(ambassador("Mapping", "pods", {"prefix": "/pods/", "service": "pods",
+                                              "resolver": "kubernetes-endpoint"}, namespace=ns))
+    edge = make_edge({}, extra_args=("--kubernetes", "--kubeconfig", real_kubeconfig))
+    wait_served(edge, "/m/", from_upstream("a"))
+    wait_served(edge, "/pods/", from_upstream("b"))
+    kube.apply(ambassador("Mapping", "m", {"prefix": "/m/", "service": upstream_b.service}, namespace=ns))
+    assert wait_served(edge, "/m/", from_upstream("b")) < 1.0
+    kube.delete("Mapping", "m", namespace=ns)
+    assert wait_served(edge, "/m/", status(404)) < 1.0
+    stats = edge.config()["sources"]["kubernetes"]
+    assert not stats["stale"] and stats["kinds"]["EndpointSlice"]["resource_version"]
