@@ -1,5 +1,5 @@
 # make run  : install into .venv, start a local upstream and `edge serve` on config/quickstart
-# make test : install into .venv (with test extras) and run the whole suite
+# make test : install into .venv (with test extras) and redis-server when missing, run the whole suite
 # make bench: wrk side by side with nginx and haproxy, every scenario (installs wrk, nginx,
 #             haproxy and matplotlib when missing); BENCH_ARGS passes options to python -m bench
 PY ?= python3
@@ -26,6 +26,7 @@ run: $(STAMP)
 	$(BIN)/edge serve -c config/quickstart --workers 2
 
 test: $(STAMP)
+	@command -v redis-server >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null)
 	$(BIN)/python -m pytest -q
 
 $(BENCH_STAMP): $(STAMP)

@@ -4,7 +4,7 @@
 
 Starts one nginx upstream, nginx and haproxy as keep-alive reverse proxies (1 worker or
 thread each), edge with 1 worker and with N workers (10 Mappings), and edge with 10,000
-Mappings. Rounds are interleaved (every target once per round, in turn) and medians
+Mappings, and edge with a rate limit that never triggers. Rounds are interleaved (every target once per round, in turn) and medians
 reported; CPU per request is the user+system time of the proxy's processes (/proc) over
 the requests wrk completed. Writes bench/results/<scenario>.json, summary.md and
 summary.png.
@@ -45,6 +45,8 @@ SCENARIOS = {
     "large_1mib": Scenario("1 MiB responses, keep-alive, 16 connections", "/bench/big", 16, PROXIES),
     "mappings_10k": Scenario("10,000 Mappings, the request matches the one in the middle (1 worker)",
                              "/bench/", 50, ("edge-1", "edge-1-10k"), baseline="edge-1"),
+    "ratelimit_c50": Scenario("a rate limit per client that never triggers, 50 connections (1 worker)",
+                              "/bench/", 50, ("edge-1", "edge-1-ratelimit"), baseline="edge-1"),
 }
 
 
@@ -90,6 +92,8 @@ def main() -> None:
             "edge-1": lambda: targets.edge(work, "edge-1", up.port, workers=1, mappings=10),
             "edge-N": lambda: targets.edge(work, "edge-N", up.port, workers=args.workers, mappings=10),
             "edge-1-10k": lambda: targets.edge(work, "edge-1-10k", up.port, workers=1, mappings=10_000),
+            "edge-1-ratelimit": lambda: targets.edge(work, "edge-1-ratelimit", up.port, workers=1, mappings=10,
+                                                     rate_limited=True),
         }
         for name in sorted(needed, key=list(starters).index):
             running[name] = starters[name]()

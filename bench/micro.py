@@ -6,6 +6,7 @@ HTTP/1 parse of the request wrk sends and of nginx's answer, the upstream reques
 the client response head, route match at 10 and 10,000 Mappings, and the decode of a
 10,000-Mapping table as a worker does on every reload, and one whole request through
 the connection handler in-process (client and upstream on local sockets, no scheduler):
+plus one local rate-limit check (descriptors, limit match, shared-memory counters);
 its CPU time, the CPU time of the same socket calls alone, and how many Python and C
 function calls it makes. Results also go to bench/results/micro.json.
 """
@@ -159,8 +160,38 @@ def run() -> dict[str, float]:
     payload = codec.encode(big_table)
     results["table_decode_10000_us"] = per_call_us(lambda: codec.decode(payload), 3)
     results["router_build_10000_us"] = per_call_us(lambda: Router(big_table), 3)
+    results.update(ratelimit_check())
     results.update(request_cycle())
     return {k: round(v, 3) for k, v in results.items()}
+
+
+def ratelimit_check(workers: int = 4) -> dict[str, float]:
+    """One local rate-limit check as the worker does it: descriptors of a label group
+    (a generic key and the client address), the matching limit, the shared-memory
+    counters of every cell of `workers` (2 per worker) read, our cell written."""
+    import secrets
+
+    from edge.ratelimit.descriptors import RuleIndex, descriptors
+    from edge.ratelimit.limiter import Limiter
+    from edge.ratelimit.store import CounterStore
+    from edge.resources.ratelimit import parse_labels, parse_ratelimit
+
+    groups = parse_labels({"ambassador": [{"per_client": ["remote_address", {"generic_key": {"value": "api"}}]}]})
+    rules = parse_ratelimit(RawObject("RateLimit", "default", "rl", "bench", {"domain": "ambassador", "limits": [
+        {"pattern": [{"remote_address": None}, {"generic_key": "api"}], "rate": 10**9, "unit": "second"}]}))
+    index = RuleIndex(rules)
+    store = CounterStore(f"edge-bench-{secrets.token_hex(4)}-rl", 2 * workers, 16384, create=True)
+    try:
+        limiter = Limiter(store, 0)
+
+        def check():
+            matched = []
+            for domain, keys, values in descriptors(groups, [], "10.1.2.3", "listener", "cluster"):
+                matched += index.matches(domain, keys, values)
+            limiter.check(matched)
+        return {f"ratelimit_check_{workers}_workers": per_call_us(check, 50000)}
+    finally:
+        store.close()
 
 
 def main() -> None:

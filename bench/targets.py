@@ -175,24 +175,39 @@ spec: {{port: {port}, protocol: HTTP, securityModel: XFP, hostBinding: {{namespa
 """
 
 
-def edge_config(directory: Path, port: int, up: int, mappings: int) -> None:
-    """A Listener and `mappings` prefix Mappings; /bench/ is the one in the middle."""
+# a limit per client address that a benchmark never reaches: the cost of checking it
+RATE_LIMIT_LABELS = 'labels: {ambassador: [{per_client: [remote_address, {generic_key: {value: bench}}]}]}'
+RATE_LIMIT = """apiVersion: getambassador.io/v3alpha1
+kind: RateLimit
+metadata: {name: bench}
+spec:
+  domain: ambassador
+  limits: [{pattern: [{remote_address: ""}, {generic_key: bench}], rate: 1000000000, unit: second}]
+"""
+
+
+def edge_config(directory: Path, port: int, up: int, mappings: int, rate_limited: bool = False) -> None:
+    """A Listener and `mappings` prefix Mappings; /bench/ is the one in the middle, with
+    a rate limit that never triggers when `rate_limited`."""
     directory.mkdir(parents=True, exist_ok=True)
     docs = [listener_yaml(port)]
     middle = mappings // 2
     for i in range(mappings):
         prefix = "/bench/" if i == middle else f"/svc-{i}/"
+        labels = f", {RATE_LIMIT_LABELS}" if rate_limited and i == middle else ""
         docs.append(f"""apiVersion: getambassador.io/v3alpha1
 kind: Mapping
 metadata: {{name: m{i}}}
-spec: {{prefix: "{prefix}", rewrite: "", service: "127.0.0.1:{up}"}}
+spec: {{prefix: "{prefix}", rewrite: "", service: "127.0.0.1:{up}"{labels}}}
 """)
+    if rate_limited:
+        docs.append(RATE_LIMIT)
     (directory / "edge.yaml").write_text("---\n".join(docs))
 
 
-def edge(work: Path, name: str, up: int, workers: int, mappings: int = 1) -> Target:
+def edge(work: Path, name: str, up: int, workers: int, mappings: int = 1, rate_limited: bool = False) -> Target:
     port = free_port()
-    edge_config(work / name, port, up, mappings)
+    edge_config(work / name, port, up, mappings, rate_limited)
     return edge_serving(work / name, name, port, workers)
 
 

@@ -63,6 +63,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--ingress-status-address", default=_env("EDGE_INGRESS_STATUS_ADDRESS", ""),
                        help="address(es), comma-separated, to write in Ingress status instead "
                             "(env EDGE_INGRESS_STATUS_ADDRESS)")
+    serve.add_argument("--ratelimit-redis", default=_env("EDGE_RATELIMIT_REDIS", ""),
+                       help="redis://HOST:PORT[/DB]: keep rate-limit counters in Redis, shared by every edge "
+                            "on it (env EDGE_RATELIMIT_REDIS; default: shared memory, this node only)")
+    serve.add_argument("--ratelimit-budget-ms", type=float, default=float(_env("EDGE_RATELIMIT_BUDGET_MS", 20)),
+                       help="how long a request waits for Redis before the failure mode applies "
+                            "(env EDGE_RATELIMIT_BUDGET_MS)")
+    serve.add_argument("--ratelimit-failure-mode", choices=("open", "deny"),
+                       default=_env("EDGE_RATELIMIT_FAILURE_MODE", "open"),
+                       help="Redis unavailable: allow (open) or refuse (deny) limited requests "
+                            "(env EDGE_RATELIMIT_FAILURE_MODE)")
+    serve.add_argument("--ratelimit-buckets", type=int, default=int(_env("EDGE_RATELIMIT_BUCKETS", 16384)),
+                       help="shared-memory counter buckets per worker, a power of two (env EDGE_RATELIMIT_BUCKETS)")
     serve.add_argument("--log-level", default=_env("EDGE_LOG_LEVEL", "INFO"))
 
     check = sub.add_parser("check", help="compile configuration offline and print every diagnostic")
@@ -93,6 +105,14 @@ def main(argv: list[str] | None = None) -> None:
     from edge.supervisor.main import Options, run
 
     paths = args.config or [p for p in _env("EDGE_CONFIG", "").split(":") if p]
+    if args.ratelimit_buckets <= 0 or args.ratelimit_buckets & (args.ratelimit_buckets - 1):
+        sys.exit(f"edge serve: --ratelimit-buckets must be a power of two, got {args.ratelimit_buckets}")
+    if args.ratelimit_redis:
+        from edge.worker.redislink import parse_redis_url
+        try:
+            parse_redis_url(args.ratelimit_redis)
+        except ValueError as exc:
+            sys.exit(f"edge serve: --ratelimit-redis: {exc}")
     if not paths and not args.kubernetes:
         sys.exit("edge serve: give configuration with -c PATH (or EDGE_CONFIG), or --kubernetes")
     logging.basicConfig(level=args.log_level, format="%(asctime)s supervisor %(levelname)s %(message)s")
@@ -103,4 +123,6 @@ def main(argv: list[str] | None = None) -> None:
                 max_table_bytes=int(args.max_table_mb * (1 << 20)), kubernetes=args.kubernetes,
                 kubeconfig=args.kubeconfig, single_namespace=args.single_namespace,
                 label_selector=args.label_selector, ingress_status_service=args.ingress_status_service,
-                ingress_status_address=args.ingress_status_address))
+                ingress_status_address=args.ingress_status_address, ratelimit_buckets=args.ratelimit_buckets,
+                ratelimit_redis=args.ratelimit_redis, ratelimit_budget_ms=args.ratelimit_budget_ms,
+                ratelimit_failure_mode=args.ratelimit_failure_mode))

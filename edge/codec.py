@@ -16,7 +16,7 @@ import msgpack
 
 from edge.model import RouteTable
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 class CodecError(ValueError):

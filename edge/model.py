@@ -70,6 +70,47 @@ class HeaderOp:
 
 
 @dataclass(frozen=True)
+class LabelAction:
+    """One entry of a rate-limit descriptor (Emissary's label specifiers)."""
+
+    kind: str  # source_cluster, destination_cluster, remote_address, generic_key, request_headers
+    key: str  # the descriptor key
+    value: str = ""  # generic_key: the value
+    header: str = ""  # request_headers: the header name, lower-cased
+    omit_if_not_present: bool = False
+
+
+@dataclass(frozen=True)
+class LabelGroup:
+    """A Mapping label group: one descriptor per request, in `domain`."""
+
+    domain: str
+    actions: tuple[LabelAction, ...]
+
+
+@dataclass(frozen=True)
+class PatternEntry:
+    key: str
+    value: str | None  # None: any value, each distinct value counted apart
+
+
+@dataclass(frozen=True)
+class RateLimitRule:
+    """One limit of a RateLimit object."""
+
+    id: str  # "namespace/name#index": counters are keyed by it (and the values), not by generation
+    domain: str
+    pattern: tuple[PatternEntry, ...]
+    rate: int
+    unit_seconds: int
+    limit: int  # requests allowed per window: rate x burstFactor
+    enforce: bool  # False: LogOnly, counted and never refused
+    inject_response_headers: tuple[HeaderOp, ...]
+    error_headers: tuple[HeaderOp, ...]
+    error_body: str | None
+
+
+@dataclass(frozen=True)
 class Target:
     """One Mapping of a route group: where to send and how to rewrite."""
 
@@ -86,6 +127,7 @@ class Target:
     remove_response_headers: tuple[str, ...]
     timeout_ms: int  # 0 disables
     idle_timeout_ms: int
+    labels: tuple[LabelGroup, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -146,3 +188,4 @@ class RouteTable:
     routes: tuple[Route, ...]
     clusters: tuple[Cluster, ...]
     diagnostics: tuple[Diagnostic, ...] = field(default=())
+    rate_limits: tuple[RateLimitRule, ...] = ()

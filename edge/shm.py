@@ -203,6 +203,9 @@ STAT_FIELDS = (
     "upstream_errors",  # 502/503/504
     "reactor_batches",  # turns of the reactor loop that handled events (one scheduler trip each)
     "reactor_events",  # socket events those turns handled
+    "ratelimited",  # requests refused with 429
+    "ratelimit_log_only_over",  # requests over a LogOnly limit (served)
+    "ratelimit_store_failures",  # requests decided by the failure mode: Redis down or too slow
 )
 _CELL_SIZE = 8 * 16
 _STATS_HEAD = struct.Struct("<8sII")

@@ -6,6 +6,7 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
+from edge.model import LabelAction, LabelGroup
 from edge.resources.base import (
     Invalid,
     RawObject,
@@ -16,6 +17,7 @@ from edge.resources.base import (
     opt_str,
     opt_str_list,
 )
+from edge.resources.ratelimit import parse_labels
 
 KNOWN_FIELDS = frozenset({
     "prefix", "prefix_regex", "prefix_exact", "case_sensitive", "hostname", "host", "host_regex",
@@ -75,6 +77,7 @@ class MappingSpec:
     connect_timeout_ms: int | None
     idle_timeout_ms: int | None
     resolver: str | None = None  # a resolver's name; None: the Module's default
+    labels: tuple[LabelGroup, ...] = ()  # rate-limit label groups
 
 
 def parse_service(text: str, field: str = "spec.service") -> Service:
@@ -171,8 +174,10 @@ def _header_adds(spec: dict, key: str) -> tuple[HeaderAdd, ...]:
     return tuple(out)
 
 
-def parse_mapping(obj: RawObject, defaults: dict | None = None) -> MappingSpec:
-    """Validate a Mapping. `defaults` are the Module's defaults.httpmapping.
+def parse_mapping(obj: RawObject, defaults: dict | None = None,
+                  default_labels: dict[str, tuple[LabelAction, ...]] | None = None) -> MappingSpec:
+    """Validate a Mapping. `defaults` are the Module's defaults.httpmapping,
+    `default_labels` its default_labels.
 
     Raises Invalid naming the first bad field.
     """
@@ -211,8 +216,6 @@ def parse_mapping(obj: RawObject, defaults: dict | None = None) -> MappingSpec:
         check_regex(pattern, "spec.regex_rewrite.pattern")
         substitution = opt_str(rr, "substitution", "", path="spec.regex_rewrite")
         regex_rewrite = (pattern, substitution)
-    if "labels" in spec and not isinstance(spec["labels"], dict):
-        raise Invalid("spec.labels", "must be a mapping")
     return MappingSpec(
         prefix=prefix,
         path_kind=path_kind,
@@ -239,4 +242,5 @@ def parse_mapping(obj: RawObject, defaults: dict | None = None) -> MappingSpec:
         connect_timeout_ms=opt_int(spec, "connect_timeout_ms", None, minimum=1),
         idle_timeout_ms=opt_int(spec, "idle_timeout_ms", None, minimum=0),
         resolver=opt_str(spec, "resolver"),
+        labels=parse_labels(spec.get("labels"), prepend=default_labels),
     )

@@ -5,12 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from edge.model import Settings
+from edge.model import LabelAction
 from edge.resources.base import Invalid, RawObject, opt_bool, opt_dict, opt_int, opt_str
+from edge.resources.ratelimit import parse_default_labels
 
 KNOWN_CONFIG = frozenset({
     "defaults", "server_name", "cluster_request_timeout_ms", "max_request_headers_kb",
     "merge_slashes", "strip_matching_host_port", "xff_num_trusted_hops",
-    "suppress_envoy_headers", "resolver",
+    "suppress_envoy_headers", "resolver", "default_labels", "default_label_domain",
 })
 
 
@@ -20,6 +22,7 @@ class ModuleSpec:
     mapping_defaults: dict
     request_timeout_ms: int | None
     resolver: str | None = None  # the default resolver's name
+    default_labels: dict[str, tuple[LabelAction, ...]] | None = None  # domain -> labels put first
 
 
 def parse_module(obj: RawObject) -> ModuleSpec:
@@ -42,4 +45,4 @@ def parse_module(obj: RawObject) -> ModuleSpec:
     )
     return ModuleSpec(settings, mapping_defaults,
                       opt_int(config, "cluster_request_timeout_ms", None, p, minimum=0),
-                      opt_str(config, "resolver", None, p))
+                      opt_str(config, "resolver", None, p), parse_default_labels(config, p))

@@ -200,6 +200,9 @@ class Arbiter:
                         "internal_errors": cell["internal_errors"], "client_errors": cell["client_errors"],
                         "upstream_errors": cell["upstream_errors"],
                         "reactor_batches": cell["reactor_batches"], "reactor_events": cell["reactor_events"],
+                        "ratelimited": cell["ratelimited"],
+                        "ratelimit_log_only_over": cell["ratelimit_log_only_over"],
+                        "ratelimit_store_failures": cell["ratelimit_store_failures"],
                         "restarts": slot.restarts, "heartbeat": cell["heartbeat"]})
         return out
 

@@ -22,6 +22,7 @@ from edge.model import (
     HeaderOp,
     ListenerSpec,
     Matcher,
+    RateLimitRule,
     Route,
     RouteTable,
     Settings,
@@ -34,6 +35,7 @@ from edge.resources.listener import ListenerSpec as ListenerInput
 from edge.resources.listener import parse_listener
 from edge.resources.mapping import KNOWN_FIELDS, MappingSpec, parse_mapping
 from edge.resources.module import ModuleSpec, parse_module
+from edge.resources.ratelimit import parse_ratelimit
 from edge.resources.resolver import BUILT_IN, CONSUL, SERVICE, ResolverSpec, parse_resolver
 from edge.resources.resolver import KINDS as RESOLVER_KINDS
 
@@ -41,7 +43,7 @@ DEFAULT_TIMEOUT_MS = 3000
 DEFAULT_CONNECT_TIMEOUT_MS = 3000
 DEFAULT_IDLE_TIMEOUT_MS = 300_000
 DEFAULT_LISTENER_PORT = 8080
-SUPPORTED_KINDS = ("Mapping", "Host", "Listener", "Module", *RESOLVER_KINDS)
+SUPPORTED_KINDS = ("Mapping", "Host", "Listener", "Module", "RateLimit", *RESOLVER_KINDS)
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,7 @@ def compile(objects: Iterable[RawObject], options: CompileOptions = CompileOptio
     routes, clusters = build_routes(mappings, module, diags)
     vhosts = associate_hosts(hosts, routes, mappings)
     bound = bind_listeners(listeners, hosts, vhosts)
+    rate_limits = compile_rate_limits(selected.get("RateLimit", []), diags)
     table = RouteTable(
         settings=module.settings,
         listeners=bound,
@@ -76,6 +79,7 @@ def compile(objects: Iterable[RawObject], options: CompileOptions = CompileOptio
         routes=tuple(r for r, _ in routes),
         clusters=tuple(clusters),
         diagnostics=tuple(sorted(diags.items, key=diag_key)),
+        rate_limits=rate_limits,
     )
     return table, list(table.diagnostics)
 
@@ -208,7 +212,7 @@ def compile_mappings(objs: list[RawObject], module: ModuleSpec, resolvers: _Reso
     out = []
     for obj in objs:
         try:
-            spec = parse_mapping(obj, module.mapping_defaults)
+            spec = parse_mapping(obj, module.mapping_defaults, module.default_labels)
         except Invalid as exc:
             diags.add("error", obj, exc.field, exc.message)
             continue
@@ -319,6 +323,7 @@ def build_routes(mappings: list[_Mapping], module: ModuleSpec, diags: _Diags) ->
                 remove_response_headers=s.remove_response_headers,
                 timeout_ms=s.timeout_ms if s.timeout_ms is not None else default_timeout,
                 idle_timeout_ms=s.idle_timeout_ms if s.idle_timeout_ms is not None else DEFAULT_IDLE_TIMEOUT_MS,
+                labels=s.labels,
             ))
         s = members[0].spec
         host = s.host if s.host is not None else (s.hostname if s.hostname not in (None, "*") else None)
@@ -346,6 +351,22 @@ def route_order(route: Route) -> tuple:
     matches, so they count as headers)."""
     conditions = len(route.headers) + len(route.query) + (route.method is not None) + (route.host is not None)
     return (-route.precedence, -len(route.path), -conditions, route.path, route.group)
+
+
+# ---- rate limits -----------------------------------------------------------------------
+
+def compile_rate_limits(objs: list[RawObject], diags: _Diags) -> tuple[RateLimitRule, ...]:
+    """Every limit of every valid RateLimit, in (namespace, name) order."""
+    rules: list[RateLimitRule] = []
+    for obj in sorted(objs, key=lambda o: (o.namespace, o.name)):
+        try:
+            rules.extend(parse_ratelimit(obj))
+        except Invalid as exc:
+            diags.add("error", obj, exc.field, exc.message)
+            continue
+        for key in sorted(set(obj.spec) - {"domain", "limits", "ambassador_id"}):
+            diags.add("warning", obj, f"spec.{key}", "field is not supported by edge; ignored")
+    return tuple(rules)
 
 
 # ---- Host association and Listener binding --------------------------------------------

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field, replace
 import trio
 
 from edge.model import Diagnostic, RouteTable
+from edge.ratelimit.store import CounterStore
 from edge.shm import StatCells
 from edge.supervisor import compile as compiler
 from edge.supervisor.admin import serve_admin
@@ -58,6 +59,10 @@ class Options:
     label_selector: str = ""
     ingress_status_service: str = "edge"
     ingress_status_address: str = ""
+    ratelimit_buckets: int = 16384  # per worker cell; a power of two
+    ratelimit_redis: str = ""
+    ratelimit_budget_ms: float = 20.0
+    ratelimit_failure_mode: str = "open"
     worker_args: list[str] = field(default_factory=list)
 
 
@@ -67,8 +72,14 @@ class Supervisor:
         self.prefix = f"edge-{os.getpid()}-{secrets.token_hex(4)}"
         self.stats = StatCells(f"{self.prefix}-stats", 2 * opts.workers, create=True)
         self.publisher = Publisher(self.prefix, max_bytes=opts.max_table_bytes)
+        # one counter region per stats cell: a worker and its rolling-restart successor never share one
+        self.counters = CounterStore(f"{self.prefix}-ratelimit", 2 * opts.workers, opts.ratelimit_buckets, create=True)
         worker_args = ["--header-timeout", str(opts.header_timeout), "--idle-timeout", str(opts.idle_timeout),
-                       "--drain-timeout", str(opts.drain_timeout), "--log-level", opts.log_level]
+                       "--drain-timeout", str(opts.drain_timeout), "--log-level", opts.log_level,
+                       "--ratelimit", self.counters.name, "--ratelimit-budget-ms", str(opts.ratelimit_budget_ms),
+                       "--ratelimit-failure-mode", opts.ratelimit_failure_mode]
+        if opts.ratelimit_redis:
+            worker_args += ["--ratelimit-redis", opts.ratelimit_redis]
         self.arbiter = Arbiter(opts.workers, self.publisher.first_segment, self.stats, worker_args,
                                heartbeat_timeout=opts.heartbeat_timeout)
         self.snapshot: files.Snapshot | None = None
@@ -238,6 +249,7 @@ class Supervisor:
         finally:
             self.publisher.close()
             self.stats.close()
+            self.counters.close()
 
     async def _signals(self, hup: trio.MemorySendChannel) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2) as signals:
@@ -331,6 +343,9 @@ class Supervisor:
             "edge_reactor_events_total": sum(w["reactor_events"] for w in workers),
             "edge_worker_restarts_total": sum(w["restarts"] for w in workers),
             "edge_workers_retiring": len(self.arbiter.retiring),
+            "edge_ratelimited_total": sum(w["ratelimited"] for w in workers),
+            "edge_ratelimit_log_only_over_total": sum(w["ratelimit_log_only_over"] for w in workers),
+            "edge_ratelimit_store_failures_total": sum(w["ratelimit_store_failures"] for w in workers),
             "edge_last_apply_ms": round(self.last_apply_ms, 3),
             "edge_endpoint_publishes_total": self.endpoint_publishes,
             **self._source_metrics(),

@@ -24,6 +24,8 @@ import random
 import socket
 import time
 
+from edge.ratelimit import responses as ratelimit_responses
+from edge.ratelimit.descriptors import descriptors
 from edge.worker.proto.h1 import (
     Body,
     ClientError,
@@ -61,7 +63,7 @@ class ClientConnection(Handler):
         # the request being answered
         "req", "target", "cluster", "endpoint", "head", "attempts", "up", "head_sent", "request_sent",
         "response_started", "request_deadline", "idle_s", "sent_at", "to_chunked", "close_client",
-        "keep_upstream",
+        "keep_upstream", "extra_response", "limits_matched",
     )
 
     def __init__(self, state: WorkerState, sock: socket.socket, peer: str, port: int):
@@ -83,6 +85,7 @@ class ClientConnection(Handler):
         self.req: Request | None = None
         self.up: UpstreamConn | None = None
         self.response_started = False
+        self.limits_matched = None  # (target, router, [(limit, counter key)]) of the last request
         state.connections.add(self)
         self._wait_request()
         self.reactor.register(self.fd, self)
@@ -320,11 +323,52 @@ class ClientConnection(Handler):
             trust_xff=listener.l7_depth > 0 or settings.xff_num_trusted_hops > 0,
             original_path=original, rules=target.headers, suppress_envoy=settings.suppress_envoy_headers,
             chunked=req.chunked, content_length=req.content_length)
-        now = time.monotonic()
-        self.request_deadline = now + t.timeout_ms / 1000 if t.timeout_ms else math.inf
+        self.extra_response = b""
+        if t.labels and router.rate_limits and state.limits is not None:
+            limits = self._matched_limits(target, listener)
+            if limits:
+                state.limits.decide(limits, self._limits_decided)  # now (shared memory) or later (Redis)
+                return
+        self._go()
+
+    def _go(self) -> None:
+        t = self.target.target
+        self.request_deadline = time.monotonic() + t.timeout_ms / 1000 if t.timeout_ms else math.inf
         self.idle_s = t.idle_timeout_ms / 1000
         self.attempts = 2
         self._attempt()
+
+    def _limits_decided(self, refusal, inject) -> None:
+        """The rate limiter's answer: 429, or on to the upstream. The fleet store calls
+        this from its own handler: our bugs must still land on this connection."""
+        if self.closed or self.req is None:
+            return
+        try:
+            if refusal is not None:
+                self.state.ratelimited += 1
+                extra, body, content_type = ratelimit_responses.refusal(refusal.rule, refusal.decision)
+                self._local(429, body, not self.req.keep_alive or self.req.has_body, extra, content_type)
+                return
+            if inject:
+                self.extra_response = ratelimit_responses.injected(inject)
+            self._go()
+        except Exception as exc:  # noqa: BLE001 (reported as our bug: 500 and a counter)
+            self.on_bug(exc)
+
+    def _matched_limits(self, target, listener) -> list:
+        """(limit, counter key) of every limit the request's descriptors match; reused for
+        the next requests of a keep-alive connection when they depend on it alone."""
+        cached = self.limits_matched
+        if cached is not None and cached[0] is target and cached[1] is self.router:
+            return cached[2]
+        t = target.target
+        matched = []
+        index = self.router.rate_limits
+        for domain, keys, values in descriptors(t.labels, self.req.headers, self.peer, listener.name, t.cluster):
+            matched += index.matches(domain, keys, values)
+        if target.labels_per_connection:
+            self.limits_matched = (target, self.router, matched)
+        return matched
 
     def _attempt(self) -> None:
         """Send the request to an endpoint of the target's cluster (again, after a stale
@@ -468,7 +512,7 @@ class ClientConnection(Handler):
         return response_head(resp.status, resp.reason, resp.headers, connection=resp.connection,
                              rules=self.target.headers,
                              server=self.router.server, service_time_ms=service_ms,
-                             framing=framing, close=self.close_client)
+                             framing=framing, close=self.close_client, extra=self.extra_response)
 
     def _end_exchange(self) -> None:
         up = self.up
@@ -489,10 +533,11 @@ class ClientConnection(Handler):
 
     # ---- writing to the client -------------------------------------------------------------
 
-    def _local(self, status: int, body: bytes, close: bool) -> None:
-        """Answer the current request ourselves."""
+    def _local(self, status: int, body: bytes, close: bool, extra: bytes = b"",
+               content_type: bytes = b"text/plain") -> None:
+        """Answer the current request ourselves (`extra`: header lines)."""
         close = close or self.state.draining
-        self._write(simple_response(status, body, self.router.server, close))
+        self._write(simple_response(status, body, self.router.server, close, extra, content_type))
         if close:
             self.req = None
             self.closing = True

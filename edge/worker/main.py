@@ -18,6 +18,9 @@ import sys
 
 import trio
 
+from edge.ratelimit.limiter import Limiter
+from edge.ratelimit.store import CounterStore
+from edge.worker.redislink import RedisLink, parse_redis_url
 from edge.shm import StatCells
 from edge.worker.conn import ClientConnection
 from edge.worker.state import WorkerState
@@ -34,6 +37,12 @@ class Worker:
         self.slot = args.slot
         self.cell = args.slot if args.cell is None else args.cell  # our stats cell
         self.state = WorkerState(header_timeout=args.header_timeout, idle_timeout=args.idle_timeout)
+        if args.ratelimit_redis:
+            host, port, db = parse_redis_url(args.ratelimit_redis)
+            self.state.limits = RedisLink(self.state.reactor, (host, port), db, args.ratelimit_budget_ms / 1000,
+                                          fail_open=args.ratelimit_failure_mode == "open")
+        elif args.ratelimit:
+            self.state.limits = Limiter(CounterStore(args.ratelimit), self.cell)
         self.stats = StatCells(args.stats)
         self.watch = TableWatch(args.routes, self.state)
         self.ctrl = socket.socket(fileno=args.ctrl)
@@ -136,6 +145,10 @@ class Worker:
             stats.set(slot, "upstream_errors", state.upstream_errors)
             stats.set(slot, "reactor_batches", state.reactor.batches)
             stats.set(slot, "reactor_events", state.reactor.events)
+            stats.set(slot, "ratelimited", state.ratelimited)
+            if state.limits is not None:
+                stats.set(slot, "ratelimit_log_only_over", state.limits.over_log_only)
+                stats.set(slot, "ratelimit_store_failures", state.limits.failures)
             if os.getppid() != self.parent:
                 log.error("supervisor %d is gone; exiting", self.parent)
                 os._exit(1)
@@ -166,6 +179,10 @@ def parse_args(argv):
     p.add_argument("--cell", type=int, default=None, help="stats cell (default: the slot's own)")
     p.add_argument("--routes", required=True)
     p.add_argument("--stats", required=True)
+    p.add_argument("--ratelimit", default=None, help="rate-limit counter segment")
+    p.add_argument("--ratelimit-redis", default=None, help="redis://HOST:PORT[/DB]: the fleet counter store")
+    p.add_argument("--ratelimit-budget-ms", type=float, default=20.0)
+    p.add_argument("--ratelimit-failure-mode", choices=("open", "deny"), default="open")
     p.add_argument("--ctrl", type=int, required=True)
     p.add_argument("--listen", action="append", default=[], help="PORT:FD")
     p.add_argument("--header-timeout", type=float, default=10.0)

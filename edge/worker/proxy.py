@@ -186,16 +186,19 @@ def request_head(method: bytes, path: str, query: str, headers: list, *, connect
 
 
 def response_head(status: int, reason: bytes, headers: list, *, connection: frozenset, rules: HeaderRules,
-                  server: bytes, service_time_ms: int | None, framing: bytes, close: bool) -> bytes:
+                  server: bytes, service_time_ms: int | None, framing: bytes, close: bool,
+                  extra: bytes = b"") -> bytes:
     """The head sent to the client. `framing` is the content-length/transfer-encoding
     line (or b"") chosen by the caller; `service_time_ms` None omits the envoy header;
-    `connection` holds the tokens of the upstream's Connection header (dropped too)."""
+    `connection` holds the tokens of the upstream's Connection header (dropped too);
+    `extra` is header lines to add (rate-limit headers)."""
     drop = rules.response_drop | connection if connection else rules.response_drop
     lines = [b"HTTP/1.1 %d %b\r\n" % (status, REASONS.get(status) or reason or b"Unknown")]
     for name, value in headers:
         if name not in drop:
             lines.append(b"%b: %b\r\n" % (name, value))
     lines.append(rules.response_add)
+    lines.append(extra)
     lines.append(b"server: %b\r\n" % server)
     if service_time_ms is not None:
         lines.append(b"x-envoy-upstream-service-time: %d\r\n" % service_time_ms)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
 from edge.model import Cluster, ListenerSpec, Route, RouteTable, Target
+from edge.ratelimit.descriptors import RuleIndex
 from edge.worker.proxy import HeaderRules, header_rules
 
 
@@ -20,6 +21,9 @@ class CompiledTarget:
     target: Target
     regex_rewrite: re.Pattern | None
     headers: HeaderRules
+    # the rate-limit descriptors depend on the connection only (no request header in
+    # them): a keep-alive connection can reuse the limits it matched
+    labels_per_connection: bool = False
 
 
 class CompiledRoute:
@@ -49,7 +53,9 @@ class CompiledRoute:
                              for m in route.headers)
         self.query = tuple((m.name, m.value, re.compile(m.value) if m.regex else None) for m in route.query)
         self.targets = tuple(CompiledTarget(t, re.compile(t.regex_rewrite_pattern) if t.regex_rewrite_pattern else None,
-                                            header_rules(t)) for t in route.targets)
+                                            header_rules(t), all(a.kind != "request_headers" for g in t.labels
+                                                                 for a in g.actions))
+                             for t in route.targets)
 
     def match_path(self, path: str) -> int:
         """Length of the matched path prefix, or -1."""
@@ -204,6 +210,7 @@ class Router:
         self.server = table.settings.server_name.encode()
         self.max_head = table.settings.max_request_headers_kb * 1024
         self.clusters: dict[str, Cluster] = {c.name: c for c in table.clusters}
+        self.rate_limits = RuleIndex(table.rate_limits)
         compiled = [CompiledRoute(r, order) for order, r in enumerate(table.routes)]
         self.listeners: dict[int, ListenerSpec] = {}
         self._vhosts: dict[int, _VhostIndex] = {}
@@ -221,7 +228,8 @@ class Router:
         every route."""
         old = self.table
         if (table.routes != old.routes or table.virtual_hosts != old.virtual_hosts
-                or table.listeners != old.listeners or table.settings != old.settings):
+                or table.listeners != old.listeners or table.settings != old.settings
+                or table.rate_limits != old.rate_limits):
             return Router(table, generation)
         new = object.__new__(Router)
         new.__dict__.update(self.__dict__)

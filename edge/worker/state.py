@@ -28,6 +28,10 @@ class WorkerState:
         self.internal_errors = 0
         self.client_errors = 0
         self.upstream_errors = 0
+        # the rate limiter: edge.ratelimit.limiter.Limiter (shared memory) or, with a fleet
+        # store, edge.worker.redislink.RedisLink; both have decide(matched, callback)
+        self.limits = None
+        self.ratelimited = 0  # requests answered 429 by a limit
 
     @property
     def active(self) -> int:

@@ -386,11 +386,12 @@ def last_chunk(trailers: list) -> bytes:
 REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 
 
-def simple_response(status: int, body: bytes, server: bytes, close: bool) -> bytes:
-    """A complete locally generated response (errors and 404s)."""
+def simple_response(status: int, body: bytes, server: bytes, close: bool, extra: bytes = b"",
+                    content_type: bytes = b"text/plain") -> bytes:
+    """A complete locally generated response (errors, 404s, 429s); `extra` is header lines."""
     head = [b"HTTP/1.1 %d %b\r\n" % (status, REASONS.get(status, b"Unknown")),
-            b"content-length: %d\r\n" % len(body), b"content-type: text/plain\r\n",
-            b"server: %b\r\n" % server]
+            b"content-length: %d\r\n" % len(body), b"content-type: %b\r\n" % content_type,
+            b"server: %b\r\n" % server, extra]
     if close:
         head.append(b"connection: close\r\n")
     head.append(b"\r\n")
