@@ -8,7 +8,8 @@ server does: HTTP 200 and an ERROR event with a 410 Status), create (201, 409 on
 duplicate), get, replace (PUT, 409 on a stale resourceVersion), merge/strategic patch,
 delete, and the `status` subresource.
 
-Fault injection for tests: `expire()` forgets the history (so every watch resuming from
+Fault injection for tests: `failing[kind] = status` answers every request for a kind
+with that status; `expire()` forgets the history (so every watch resuming from
 an old resourceVersion gets 410) and cuts open watches; `outage()` closes the port and
 every open connection, `recover()` listens again on the same port.
 
@@ -83,6 +84,7 @@ class FakeKube:
         self.changed: dict[Kind, threading.Condition] = {}
         self.epoch = 0  # bumped by expire()/outage() to cut open watches
         self.requests: list[tuple[str, str]] = []
+        self.failing: dict[Kind, int] = {}  # kind -> HTTP status every request for it gets
         self._conns: set[socket.socket] = set()
         self.port = 0
         self.server: ThreadingHTTPServer | None = None
@@ -397,6 +399,9 @@ class _Handler(BaseHTTPRequestHandler):
         if route is None:
             return self._not_found()
         kind, namespace, name, sub = route
+        if kind in self.kube.failing:
+            code = self.kube.failing[kind]
+            return self._send_json(code, _status(code, "InternalError", "injected failure"))
         if name is not None:
             with self.kube.cond:
                 obj = self.kube.objects[kind].get((namespace or "", name))

@@ -325,7 +325,9 @@ class ClientConnection(Handler):
             chunked=req.chunked, content_length=req.content_length)
         self.extra_response = b""
         if t.labels and router.rate_limits and state.limits is not None:
-            limits = self._matched_limits(target, listener)
+            cached = self.limits_matched
+            limits = cached[2] if cached is not None and cached[0] is target and cached[1] is router \
+                else self._matched_limits(target, listener)
             if limits:
                 state.limits.decide(limits, self._limits_decided)  # now (shared memory) or later (Redis)
                 return
@@ -356,11 +358,8 @@ class ClientConnection(Handler):
             self.on_bug(exc)
 
     def _matched_limits(self, target, listener) -> list:
-        """(limit, counter key) of every limit the request's descriptors match; reused for
+        """(limit, counter key) of every limit the request's descriptors match; kept for
         the next requests of a keep-alive connection when they depend on it alone."""
-        cached = self.limits_matched
-        if cached is not None and cached[0] is target and cached[1] is self.router:
-            return cached[2]
         t = target.target
         matched = []
         index = self.router.rate_limits

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -11,6 +13,7 @@ import trio
 import yaml
 
 from bench.loadgen import LoadGenerator
+from tests.conftest import free_port
 from tests.kubeapply import Kube, ambassador, endpoint_slice, service
 
 pytestmark = pytest.mark.integration
@@ -242,3 +245,47 @@ def test_against_a_real_api_server(make_edge, real_kubeconfig, upstream, upstrea
     assert wait_served(edge, "/m/", status(404)) < 1.0
     stats = edge.config()["sources"]["kubernetes"]
     assert not stats["stale"] and stats["kinds"]["EndpointSlice"]["resource_version"]
+
+
+def test_nothing_is_published_before_every_kind_is_listed(fake_kube, tmp_path, upstream):
+    kube = Kube(fake_kube.api_client())
+    kube.apply(ambassador("Mapping", "m", {"prefix": "/m/", "service": upstream.service}))
+    fake_kube.failing[fake_kube.kind("Ingress")] = 500  # every other kind lists fine
+    admin = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "edge", "serve", "--kubernetes", "--kubeconfig",
+                             fake_kube.kubeconfig(tmp_path / "kubeconfig"), "--workers", "1",
+                             "--admin-addr", f"127.0.0.1:{admin}"], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def ready() -> int:
+        try:
+            return httpx.get(f"http://127.0.0.1:{admin}/ambassador/v0/check_ready").status_code
+        except httpx.HTTPError:
+            return 0
+    try:
+        time.sleep(2.0)
+        assert ready() in (0, 503), "published before the Ingresses were listed"
+        del fake_kube.failing[fake_kube.kind("Ingress")]
+        deadline = time.monotonic() + 15
+        while ready() != 200:
+            assert time.monotonic() < deadline, "not ready after the Ingresses could be listed"
+            time.sleep(0.1)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_single_namespace_and_label_selector_scope_what_is_read(kube_edge, fake_kube, upstream):
+    edge = kube_edge(extra_args=("--namespace", "team-a", "--single-namespace", "--label-selector", "gateway=edge"))
+    kube = Kube(fake_kube.api_client())
+    labels = {"gateway": "edge"}
+    kube.apply(ambassador("Mapping", "ours", {"prefix": "/ours/", "service": upstream.service}, "team-a", labels))
+    kube.apply(ambassador("Mapping", "unlabelled", {"prefix": "/unlabelled/", "service": upstream.service}, "team-a"))
+    kube.apply(ambassador("Mapping", "elsewhere", {"prefix": "/elsewhere/", "service": upstream.service}, "team-b",
+                          labels))
+    wait_served(edge, "/ours/", from_upstream("a"))
+    time.sleep(0.3)
+    assert httpx.get(edge.url("/unlabelled/")).status_code == 404
+    assert httpx.get(edge.url("/elsewhere/")).status_code == 404
+    requests = [path for method, path in fake_kube.requests if method == "GET" and "mappings" in path]
+    assert requests and all("/namespaces/team-a/" in p and "labelSelector=gateway" in p for p in requests), requests
