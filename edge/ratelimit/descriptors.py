@@ -23,9 +23,6 @@ class RuleIndex:
             required = [(i, e.value) for i, e in enumerate(rule.pattern) if e.value is not None]
             self.by_shape.setdefault((rule.domain, tuple(e.key for e in rule.pattern)), []).append((rule, required))
 
-    def __bool__(self) -> bool:
-        return bool(self.by_shape)
-
     def matches(self, domain: str, keys: tuple[str, ...], values: list[str]) -> list[tuple[RateLimitRule, str]]:
         """(limit, counter key) for every limit the descriptor (keys, values) matches."""
         rules = self.by_shape.get((domain, keys))

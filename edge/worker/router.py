@@ -210,7 +210,8 @@ class Router:
         self.server = table.settings.server_name.encode()
         self.max_head = table.settings.max_request_headers_kb * 1024
         self.clusters: dict[str, Cluster] = {c.name: c for c in table.clusters}
-        self.rate_limits = RuleIndex(table.rate_limits)
+        # None without limits: the hot path tests it without a call
+        self.rate_limits = RuleIndex(table.rate_limits) if table.rate_limits else None
         compiled = [CompiledRoute(r, order) for order, r in enumerate(table.routes)]
         self.listeners: dict[int, ListenerSpec] = {}
         self._vhosts: dict[int, _VhostIndex] = {}
