@@ -23,9 +23,9 @@ from edge.model import Diagnostic, RouteTable
 from edge.ratelimit.store import CounterStore
 from edge.shm import StatCells
 from edge.supervisor import compile as compiler
+from edge.supervisor import endpoints
 from edge.supervisor.admin import serve_admin
 from edge.supervisor.arbiter import Arbiter
-from edge.supervisor import endpoints
 from edge.supervisor.publish import Publisher, TableTooLarge
 from edge.supervisor.resolver import resolve_all
 from edge.supervisor.sources import files
@@ -101,6 +101,8 @@ class Supervisor:
         self.stopping = trio.Event()
 
     def _kubernetes_source(self):
+        # imported here: the kubernetes client takes about 0.3 s to import, and most
+        # file-configured gateways never need it
         from edge.supervisor.sources.kubernetes import KubernetesSource, Scope
         from edge.supervisor.sources.kubewatch import api_client
 
