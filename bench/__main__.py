@@ -3,11 +3,11 @@
     python -m bench [--scenario NAME ...] [--duration 5] [--rounds 3] [--workers N]
 
 Starts one nginx upstream, nginx and haproxy as keep-alive reverse proxies (1 worker or
-thread each), edge with 1 worker and with N workers (10 Mappings), and edge with 10,000
-Mappings, and edge with a rate limit that never triggers. Rounds are interleaved (every target once per round, in turn) and medians
-reported; CPU per request is the user+system time of the proxy's processes (/proc) over
-the requests wrk completed. Writes bench/results/<scenario>.json, summary.md and
-summary.png.
+thread each), edge with 1 worker and with N workers (10 Mappings), edge with 10,000
+Mappings, and edge with a rate limit that never triggers. Rounds are interleaved (every
+target once per round, every other round in reverse order) and medians reported; CPU per
+request is the user+system time of the proxy's processes (/proc) over the requests wrk
+completed. Writes bench/results/<scenario>.json, summary.md and summary.png.
 """
 
 from __future__ import annotations
@@ -109,8 +109,11 @@ def main() -> None:
                 if warm["errors"]:
                     raise SystemExit(f"{name}: {t} answered {warm['errors']} errors during the warm-up")
             runs: dict[str, list[dict]] = {t: [] for t in scenario.targets}
-            for _ in range(args.rounds):
-                for t in scenario.targets:
+            for r in range(args.rounds):
+                # every other round in reverse: no target always runs first (or right after
+                # the same neighbour) in a round, so drifts of the machine do not favour one
+                order = scenario.targets if r % 2 == 0 else scenario.targets[::-1]
+                for t in order:
                     runs[t].append(measure(running[t], scenario, args.duration))
             summary = report.summarize(runs, scenario.baseline)
             results[name] = {"description": scenario.description, "baseline": scenario.baseline,
