@@ -9,7 +9,8 @@ duplicate), get, replace (PUT, 409 on a stale resourceVersion), merge/strategic 
 delete, and the `status` subresource.
 
 Fault injection for tests: `failing[kind] = status` answers every request for a kind
-with that status; `expire()` forgets the history (so every watch resuming from
+with that status; `gone_as_status` answers an expired watch with HTTP 410 instead of an
+ERROR event (both happen with real servers); `expire()` forgets the history (so every watch resuming from
 an old resourceVersion gets 410) and cuts open watches; `outage()` closes the port and
 every open connection, `recover()` listens again on the same port.
 
@@ -85,6 +86,7 @@ class FakeKube:
         self.epoch = 0  # bumped by expire()/outage() to cut open watches
         self.requests: list[tuple[str, str]] = []
         self.failing: dict[Kind, int] = {}  # kind -> HTTP status every request for it gets
+        self.gone_as_status = False  # answer an expired watch with HTTP 410, not a 410 event
         self._conns: set[socket.socket] = set()
         self.port = 0
         self.server: ThreadingHTTPServer | None = None
@@ -438,10 +440,6 @@ class _Handler(BaseHTTPRequestHandler):
         timeout = float(q.get("timeoutSeconds") or 1800)
         deadline = time.monotonic() + timeout
         bookmarks = q.get("allowWatchBookmarks") in ("true", "1")
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Transfer-Encoding", "chunked")
-        self.end_headers()
         pending: list[dict] = []
         with kube.cond:
             epoch = kube.epoch
@@ -455,6 +453,12 @@ class _Handler(BaseHTTPRequestHandler):
                 if since_rv < kube.expired_before[kind] - 1:
                     pending = [{"type": "ERROR", "object": _status(
                         410, "Expired", f"too old resource version: {since_rv} ({kube.expired_before[kind] - 1})")}]
+        if pending and pending[0]["type"] == "ERROR" and kube.gone_as_status:
+            return self._send_json(410, pending[0]["object"])
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
         try:
             for event in pending:
                 self._chunk(event)

@@ -114,18 +114,23 @@ class Reflector:
                                               abandon_on_cancel=True, limiter=self.limiter)
                 self.backoff.reset()
             except ApiException as exc:
-                if exc.status != 404 or self.fallback is None or self.synced.is_set():
+                if exc.status == 410:  # some servers refuse an expired watch with the status itself
+                    self._gone()
+                elif exc.status == 404 and self.fallback is not None and not self.synced.is_set():
+                    log.info("%s: %s is not served; using %s", self.resource.plural, self.resource.version,
+                             self.fallback.version)
+                    self.resource, self.fallback = self.fallback, None
+                else:
                     await self._failed(exc)
-                    continue
-                log.info("%s: %s is not served; using %s", self.resource.plural, self.resource.version,
-                         self.fallback.version)
-                self.resource, self.fallback = self.fallback, None
             except Gone:
-                self.gone += 1
-                self.resource_version = None
-                log.info("%s: resourceVersion expired (410); listing again", self.resource.plural)
+                self._gone()
             except API_ERRORS as exc:
                 await self._failed(exc)
+
+    def _gone(self) -> None:
+        self.gone += 1
+        self.resource_version = None
+        log.info("%s: resourceVersion expired (410); listing again", self.resource.plural)
 
     async def _failed(self, exc: Exception) -> None:
         self.errors += 1
