@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="address(es), comma-separated, to write in Ingress status instead "
                             "(env EDGE_INGRESS_STATUS_ADDRESS)")
     serve.add_argument("--ratelimit-redis", default=_env("EDGE_RATELIMIT_REDIS", ""),
-                       help="redis://HOST:PORT[/DB]: keep rate-limit counters in Redis, shared by every edge "
+                       help="redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]: keep rate-limit counters in Redis, shared by every edge "
                             "on it (env EDGE_RATELIMIT_REDIS; default: shared memory, this node only)")
     serve.add_argument("--ratelimit-budget-ms", type=float, default=float(_env("EDGE_RATELIMIT_BUDGET_MS", 20)),
                        help="how long a request waits for Redis before the failure mode applies "

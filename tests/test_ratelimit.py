@@ -206,3 +206,17 @@ def test_the_fleet_script_answer_means_what_the_local_decision_would():
     assert fleet.refused_until(refused, r, 4, 10, 121.0) == pytest.approx(120 + 0.4 * 60)
     assert fleet.interpret(RespError("NOSCRIPT"), r, 1.0) is None
     assert b"EVALSHA" in fleet.command(r, "default/rl#10\x00backend", 120.0)
+
+
+def test_redis_urls_carry_credentials_and_database():
+    from edge.worker.redislink import RedisTarget, parse_redis_url
+
+    assert parse_redis_url("redis://10.0.0.5") == RedisTarget("10.0.0.5", 6379)
+    target = parse_redis_url("redis://edge:s%40cret@redis.example:6380/2")
+    assert target == RedisTarget("redis.example", 6380, 2, "edge", "s@cret")
+    assert target.setup_commands()[:2] == [b"*3\r\n$4\r\nAUTH\r\n$4\r\nedge\r\n$6\r\ns@cret\r\n",
+                                           b"*2\r\n$6\r\nSELECT\r\n$1\r\n2\r\n"]
+    assert parse_redis_url("redis://:pw@h").setup_commands()[0] == b"*2\r\n$4\r\nAUTH\r\n$2\r\npw\r\n"
+    for bad in ("http://h", "redis://", "redis://h/x"):
+        with pytest.raises(ValueError):
+            parse_redis_url(bad)

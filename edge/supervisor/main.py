@@ -79,7 +79,10 @@ class Supervisor:
                        "--ratelimit", self.counters.name, "--ratelimit-budget-ms", str(opts.ratelimit_budget_ms),
                        "--ratelimit-failure-mode", opts.ratelimit_failure_mode]
         if opts.ratelimit_redis:
-            worker_args += ["--ratelimit-redis", opts.ratelimit_redis]
+            # through the environment, not argv: the URL may carry a password, and argv is public
+            os.environ["EDGE_RATELIMIT_REDIS"] = opts.ratelimit_redis
+        else:
+            os.environ.pop("EDGE_RATELIMIT_REDIS", None)
         self.arbiter = Arbiter(opts.workers, self.publisher.first_segment, self.stats, worker_args,
                                heartbeat_timeout=opts.heartbeat_timeout)
         self.snapshot: files.Snapshot | None = None

@@ -38,8 +38,8 @@ class Worker:
         self.cell = args.slot if args.cell is None else args.cell  # our stats cell
         self.state = WorkerState(header_timeout=args.header_timeout, idle_timeout=args.idle_timeout)
         if args.ratelimit_redis:
-            host, port, db = parse_redis_url(args.ratelimit_redis)
-            self.state.limits = RedisLink(self.state.reactor, (host, port), db, args.ratelimit_budget_ms / 1000,
+            self.state.limits = RedisLink(self.state.reactor, parse_redis_url(args.ratelimit_redis),
+                                          args.ratelimit_budget_ms / 1000,
                                           fail_open=args.ratelimit_failure_mode == "open")
         elif args.ratelimit:
             self.state.limits = Limiter(CounterStore(args.ratelimit), self.cell)
@@ -180,7 +180,8 @@ def parse_args(argv):
     p.add_argument("--routes", required=True)
     p.add_argument("--stats", required=True)
     p.add_argument("--ratelimit", default=None, help="rate-limit counter segment")
-    p.add_argument("--ratelimit-redis", default=None, help="redis://HOST:PORT[/DB]: the fleet counter store")
+    p.add_argument("--ratelimit-redis", default=os.environ.get("EDGE_RATELIMIT_REDIS") or None,
+                   help="the fleet counter store (default: env EDGE_RATELIMIT_REDIS, set by the supervisor)")
     p.add_argument("--ratelimit-budget-ms", type=float, default=20.0)
     p.add_argument("--ratelimit-failure-mode", choices=("open", "deny"), default="open")
     p.add_argument("--ctrl", type=int, required=True)

@@ -6,7 +6,7 @@ pipelined), or, when Redis is unreachable or its answer misses the time budget, 
 failure mode's: open (allow) or deny (refuse). A key Redis refused is refused locally
 until it can be allowed again, without asking. Redis going away never hangs a request:
 pending requests fail over at once, and the link reconnects in the background with
-exponential backoff (SCRIPT LOAD first on every new connection).
+exponential backoff (AUTH, SELECT and SCRIPT LOAD first on every new connection).
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ import math
 import socket
 import time
 from collections import deque
-from urllib.parse import urlsplit
+from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
 
 from edge.ratelimit import fleet
 from edge.ratelimit.algorithm import Decision
@@ -41,14 +42,14 @@ class _Waiter:
 
 
 class RedisLink(Handler):
-    __slots__ = ("reactor", "address", "db", "budget", "fail_open", "clock", "sock", "fd", "connected", "out",
+    __slots__ = ("reactor", "target", "address", "budget", "fail_open", "clock", "sock", "fd", "connected", "out",
                  "parser", "waiters", "over", "retry_at", "backoff", "answered", "failures", "timeouts",
                  "last_warning", "readable", "over_log_only")
 
-    def __init__(self, reactor: Reactor, address: tuple[str, int], db: int, budget: float, fail_open: bool,
-                 clock=time.time):
+    def __init__(self, reactor: Reactor, target: RedisTarget, budget: float, fail_open: bool, clock=time.time):
         super().__init__()
-        self.reactor, self.address, self.db, self.budget, self.fail_open = reactor, address, db, budget, fail_open
+        self.reactor, self.target, self.budget, self.fail_open = reactor, target, budget, fail_open
+        self.address = (target.host, target.port)
         self.clock = clock
         self.sock: socket.socket | None = None
         self.fd = -1
@@ -142,9 +143,9 @@ class RedisLink(Handler):
         self.closed = False
         self.parser = ReplyParser()
         self.reactor.register(self.fd, self)
-        setup = fleet.load_script() + (encode(b"SELECT", self.db) if self.db else b"")
-        self._send(setup)
-        for _ in range(2 if self.db else 1):
+        setup = self.target.setup_commands()
+        self._send(b"".join(setup))
+        for _ in setup:
             self.waiters.append(_Waiter((), 0.0, None, time.monotonic() + max(self.budget, 1.0), internal=True))
         self.reactor.set_deadline(self, time.monotonic() + max(self.budget, 1.0))
 
@@ -247,10 +248,33 @@ class RedisLink(Handler):
                 "timeouts": self.timeouts, "pending": len(self.waiters), "over_limit_cached": len(self.over)}
 
 
-def parse_redis_url(url: str) -> tuple[str, int, int]:
-    """redis://HOST[:PORT][/DB] -> (host, port, db). Raises ValueError."""
+@dataclass(frozen=True)
+class RedisTarget:
+    host: str
+    port: int
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+
+    def setup_commands(self) -> list[bytes]:
+        """What a new connection sends before anything else: AUTH, SELECT, SCRIPT LOAD."""
+        commands = []
+        if self.password is not None:
+            commands.append(encode(b"AUTH", *([self.username] if self.username else []), self.password))
+        if self.db:
+            commands.append(encode(b"SELECT", self.db))
+        commands.append(fleet.load_script())
+        return commands
+
+
+def parse_redis_url(url: str) -> RedisTarget:
+    """redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]. Raises ValueError."""
     parts = urlsplit(url)
     if parts.scheme != "redis" or not parts.hostname:
-        raise ValueError(f"expected redis://HOST[:PORT][/DB], got {url!r}")
+        raise ValueError(f"expected redis://[[USER]:PASSWORD@]HOST[:PORT][/DB], got {url!r}")
     db = parts.path.strip("/")
-    return parts.hostname, parts.port or 6379, int(db) if db else 0
+    if db and not db.isdigit():
+        raise ValueError(f"the database must be a number, got {db!r}")
+    return RedisTarget(parts.hostname, parts.port or 6379, int(db) if db else 0,
+                       unquote(parts.username) if parts.username else None,
+                       unquote(parts.password) if parts.password is not None else None)

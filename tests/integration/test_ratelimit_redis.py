@@ -20,19 +20,21 @@ pytestmark = pytest.mark.integration
 
 
 class Redis:
-    def __init__(self, port: int):
+    def __init__(self, port: int, password: str | None = None):
         self.port = port
+        self.password = password
         self.proc = None
 
     def start(self) -> Redis:
+        auth = ["--requirepass", self.password] if self.password else []
         self.proc = subprocess.Popen([shutil.which("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1",
-                                      "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
+                                      "--save", "", "--appendonly", "no", *auth], stdout=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while True:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
                     s.sendall(b"PING\r\n")
-                    if s.recv(64).startswith(b"+PONG"):
+                    if s.recv(64).startswith((b"+PONG", b"-NOAUTH")):
                         return self
             except OSError:
                 pass
@@ -143,3 +145,22 @@ async def test_a_hung_redis_costs_a_request_no_more_than_the_budget(make_edge, u
         before = time.monotonic()
         assert (await client.get(edge.url("/limited/"))).status_code == 200
         assert time.monotonic() - before < 0.045  # answered by Redis again, within the budget
+
+
+async def test_a_password_protected_redis(make_edge, upstream):
+    server = Redis(free_port(), password="s3cret").start()
+    try:
+        config = {"m.yaml": limited_mapping(upstream) + rate_limit(3)}
+        good = make_edge(dict(config), workers=1, extra_args=(
+            "--ratelimit-redis", f"redis://:s3cret@127.0.0.1:{server.port}/1"))
+        wrong = make_edge(dict(config), workers=1, extra_args=(
+            "--ratelimit-redis", f"redis://:nope@127.0.0.1:{server.port}/1"))
+        async with httpx.AsyncClient() as client:
+            assert [(await client.get(good.url("/limited/"))).status_code for _ in range(5)] == [200] * 3 + [429] * 2
+            # a wrong password: setup fails, every limited request fails open, counted
+            assert [(await client.get(wrong.url("/limited/"))).status_code for _ in range(5)] == [200] * 5
+        args = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+        assert not [line for line in args.splitlines() if "edge.worker" in line and "s3cret" in line], \
+            "the password must not show in the workers' command lines"
+    finally:
+        server.stop()
