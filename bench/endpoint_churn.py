@@ -33,6 +33,7 @@ import httpx
 
 from bench import targets
 from tests.fakekube import FakeKube
+from tests.upstream import Upstream
 
 RESULTS = targets.ROOT / "bench" / "results"
 PROBE_EVERY = 0.1
@@ -51,18 +52,6 @@ def _put(fake: FakeKube, kind, obj: dict) -> None:
         fake.replace(kind, key, obj)
     else:
         fake.create(kind, "default", obj)
-
-
-class _Upstream:
-    def __init__(self, name: str):
-        self.proc = subprocess.Popen([sys.executable, str(targets.ROOT / "tests" / "upstream.py"), "--name", name],
-                                     stdout=subprocess.PIPE, text=True)
-        self.port = int(self.proc.stdout.readline().split()[1])
-
-    def stop(self) -> None:
-        self.proc.kill()
-        self.proc.wait()
-        self.proc.stdout.close()
 
 
 @dataclass
@@ -104,7 +93,7 @@ def _cpu_seconds(pid: int) -> float:
 def run(rate: float, duration: float, services: int, workers: int, work: Path) -> ChurnResult:
     """Run the scenario; raises AssertionError if edge does not come up."""
     fake = FakeKube(history=100_000).start()
-    ups = [_Upstream("one"), _Upstream("two")]
+    ups = [Upstream("one"), Upstream("two")]
     slice_kind, result = fake.kind("EndpointSlice"), ChurnResult(rate)
     procs = []
     try:

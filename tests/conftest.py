@@ -16,28 +16,11 @@ from pathlib import Path
 import pytest
 
 from bench.targets import free_port, listener_yaml  # noqa: F401 (tests import free_port from here)
+from tests.upstream import Upstream
 
 ROOT = Path(__file__).resolve().parent.parent
 REALKUBE = ROOT.parent / "shared" / "tools" / "realkube.sh"
 CACHED = Path(os.environ.get("REALKUBE_CACHE", Path.home() / ".cache" / "realkube")) / "kube-apiserver"
-UPSTREAM = ROOT / "tests" / "upstream.py"
-
-
-
-class Upstream:
-    def __init__(self, name: str):
-        self.proc = subprocess.Popen([sys.executable, str(UPSTREAM), "--name", name],
-                                     stdout=subprocess.PIPE, text=True)
-        line = self.proc.stdout.readline()
-        assert line.startswith("PORT "), line
-        self.port = int(line.split()[1])
-        self.service = f"127.0.0.1:{self.port}"
-
-    def stop(self):
-        self.proc.kill()
-        self.proc.wait()
-        self.proc.stdout.close()
-
 
 @pytest.fixture
 def upstream():
@@ -135,7 +118,8 @@ def real_kubeconfig(tmp_path_factory):
         yield given
         return
     if not (CACHED.exists() and REALKUBE.exists() and shutil.which("etcd")):
-        pytest.skip("no real API server given (REALKUBE_KUBECONFIG) or built (realkube.sh build)")
+        pytest.skip("no real kube-apiserver here: set REALKUBE_KUBECONFIG, or build one with "
+                    "../shared/tools/realkube.sh build (about 4 min); the same cases ran against the fake")
     state = tmp_path_factory.mktemp("realkube")
     subprocess.run([str(REALKUBE), "start", str(state)], check=True, capture_output=True, timeout=120)
     try:

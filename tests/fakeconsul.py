@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import json
 import re
-import socket
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
+
+from tests.fakehttp import FakeHandler, FakeServer
 
 
 def parse_wait(text: str) -> float:
@@ -28,52 +27,24 @@ def parse_wait(text: str) -> float:
     return float(m.group(1)) * {"ms": 0.001, "s": 1, "m": 60, None: 1}[m.group(2)]
 
 
-class FakeConsul:
+class FakeConsul(FakeServer):
     def __init__(self, datacenter: str = "dc1"):
+        super().__init__()
         self.datacenter = datacenter
         self.index = 1
         self.nodes: dict[str, dict] = {}
         self.services: dict[tuple[str, str], dict] = {}  # (node, service id) -> service
         self.checks: dict[tuple[str, str], dict] = {}  # (node, check id) -> check
-        self.cond = threading.Condition()
-        self.port = 0
-        self.server: ThreadingHTTPServer | None = None
-        self.epoch = 0
-        self._conns: set[socket.socket] = set()
+        self.epoch = 0  # bumped by outage() to end held queries
         self.queries = 0
-
-    def start(self) -> FakeConsul:
-        fake = self
-
-        class Handler(_Handler):
-            consul = fake
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-        return self
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def outage(self) -> None:
-        if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
-            self.server = None
-        with self.cond:
-            self.epoch += 1
-            self.cond.notify_all()
-            for conn in list(self._conns):
-                try:
-                    conn.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    recover = start
-    stop = outage
+    def _cut(self) -> None:
+        self.epoch += 1
+        self.cond.notify_all()
 
     # ---- catalog ------------------------------------------------------------------------
     def _changed(self) -> None:
@@ -140,28 +111,8 @@ def _lower(value):
     return value
 
 
-class _Handler(BaseHTTPRequestHandler):
-    consul: FakeConsul
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args) -> None:
-        pass
-
-    def setup(self) -> None:
-        super().setup()
-        # answers and watch events are small writes: without NODELAY each waits for the
-        # peer's delayed ACK (40 ms)
-        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        with self.consul.cond:
-            self.consul._conns.add(self.connection)
-
-    def finish(self) -> None:
-        with self.consul.cond:
-            self.consul._conns.discard(self.connection)
-        try:
-            super().finish()
-        except OSError:
-            pass
+class _Handler(FakeHandler):
+    fake: FakeConsul
 
     def _send(self, code: int, body, index: int | None = None) -> None:
         data = (body if isinstance(body, str) else json.dumps(body)).encode()
@@ -177,9 +128,9 @@ class _Handler(BaseHTTPRequestHandler):
         path = urlsplit(self.path).path
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
         if path == "/v1/catalog/register":
-            self.consul.register(body)
+            self.fake.register(body)
         elif path == "/v1/catalog/deregister":
-            self.consul.deregister(body)
+            self.fake.deregister(body)
         else:
             return self._send(404, "not found")
         self._send(200, True)
@@ -190,14 +141,14 @@ class _Handler(BaseHTTPRequestHandler):
         m = re.fullmatch(r"/v1/(health|catalog)/service/([^/]+)", url.path)
         if m is None:
             return self._send(404, "not found")
-        if q.get("dc", self.consul.datacenter) != self.consul.datacenter:
+        if q.get("dc", self.fake.datacenter) != self.fake.datacenter:
             return self._send(500, "No path to datacenter")
         try:
             wait = min(parse_wait(q.get("wait", "5m")), 600) if "index" in q else 0
             since = int(q.get("index", "0"))
         except ValueError as exc:
             return self._send(400, str(exc))
-        consul = self.consul
+        consul = self.fake
         consul.queries += 1
         deadline = time.monotonic() + wait
         with consul.cond:
@@ -217,3 +168,6 @@ class _Handler(BaseHTTPRequestHandler):
                         "ServiceAddress": e["Service"]["Address"], "ServicePort": e["Service"]["Port"]}
                        for e in entries]
         self._send(200, entries, index)
+
+
+FakeConsul.handler = _Handler

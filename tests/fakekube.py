@@ -29,8 +29,9 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
+
+from tests.fakehttp import FakeHandler, FakeServer
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ class _Closed(Exception):
     pass
 
 
-class FakeKube:
+class FakeKube(FakeServer):
     """Start with `FakeKube().start()`; `url` is the API server's address."""
 
     def __init__(self, history: int = 1000, bookmark_interval: float = 1.0):
@@ -80,16 +81,13 @@ class FakeKube:
         self.expired_before: dict[Kind, int] = {}
         self.history = history
         self.bookmark_interval = bookmark_interval
+        super().__init__()  # self.cond: the lock of everything; each kind waits on its own
         self.rv = 1000
-        self.cond = threading.Condition()  # the lock of everything; each kind waits on its own
         self.changed: dict[Kind, threading.Condition] = {}
         self.epoch = 0  # bumped by expire()/outage() to cut open watches
         self.requests: list[tuple[str, str]] = []
         self.failing: dict[Kind, int] = {}  # kind -> HTTP status every request for it gets
         self.gone_as_status = False  # answer an expired watch with HTTP 410, not a 410 event
-        self._conns: set[socket.socket] = set()
-        self.port = 0
-        self.server: ThreadingHTTPServer | None = None
         for kind in CORE_KINDS + AMBASSADOR_KINDS:
             self.register(kind)
 
@@ -104,41 +102,9 @@ class FakeKube:
     def kind(self, name: str) -> Kind:
         return next(k for k in self.kinds.values() if k.kind == name)
 
-    def start(self) -> FakeKube:
-        fake = self
-
-        class Handler(_Handler):
-            kube = fake
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-        return self
-
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        self.outage()
-
-    def outage(self) -> None:
-        """The API server goes away: the port is closed and every connection is cut."""
-        if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
-            self.server = None
-        with self.cond:
-            self._cut_watches()
-            for conn in list(self._conns):
-                try:
-                    conn.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def recover(self) -> None:
-        self.start()
 
     def expire(self) -> None:
         """Compact: forget every kept event, as etcd compaction does, after the revision
@@ -149,9 +115,9 @@ class FakeKube:
             for kind in self.kinds.values():
                 self.events[kind].clear()
                 self.expired_before[kind] = self.rv + 1
-            self._cut_watches()
+            self._cut()
 
-    def _cut_watches(self) -> None:
+    def _cut(self) -> None:
         self.epoch += 1
         for changed in self.changed.values():
             changed.notify_all()
@@ -333,28 +299,8 @@ def field_selector_matches(selector: str, obj: dict) -> bool:
     return True
 
 
-class _Handler(BaseHTTPRequestHandler):
-    kube: FakeKube
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args) -> None:
-        pass
-
-    def setup(self) -> None:
-        super().setup()
-        # answers and watch events are small writes: without NODELAY each waits for the
-        # peer's delayed ACK (40 ms)
-        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        with self.kube.cond:
-            self.kube._conns.add(self.connection)
-
-    def finish(self) -> None:
-        with self.kube.cond:
-            self.kube._conns.discard(self.connection)
-        try:
-            super().finish()
-        except OSError:
-            pass
+class _Handler(FakeHandler):
+    fake: FakeKube
 
     # ---- routing ----------------------------------------------------------------------
     def _route(self):
@@ -367,9 +313,9 @@ class _Handler(BaseHTTPRequestHandler):
             else ("", m.group(1), m.group(2))
         parts = (rest or "").strip("/").split("/")
         namespace = None
-        if len(parts) >= 3 and parts[0] == "namespaces" and (group, version, parts[2]) in self.kube.kinds:
+        if len(parts) >= 3 and parts[0] == "namespaces" and (group, version, parts[2]) in self.fake.kinds:
             namespace, parts = parts[1], parts[2:]
-        kind = self.kube.kinds.get((group, version, parts[0]))
+        kind = self.fake.kinds.get((group, version, parts[0]))
         if kind is None:
             return None
         name = parts[1] if len(parts) > 1 else None
@@ -396,17 +342,17 @@ class _Handler(BaseHTTPRequestHandler):
 
     # ---- verbs ------------------------------------------------------------------------
     def do_GET(self) -> None:
-        self.kube.requests.append(("GET", self.path))
+        self.fake.requests.append(("GET", self.path))
         route = self._route()
         if route is None:
             return self._not_found()
         kind, namespace, name, sub = route
-        if kind in self.kube.failing:
-            code = self.kube.failing[kind]
+        if kind in self.fake.failing:
+            code = self.fake.failing[kind]
             return self._send_json(code, _status(code, "InternalError", "injected failure"))
         if name is not None:
-            with self.kube.cond:
-                obj = self.kube.objects[kind].get((namespace or "", name))
+            with self.fake.cond:
+                obj = self.fake.objects[kind].get((namespace or "", name))
             if obj is None:
                 return self._send_json(404, _status(404, "NotFound", f'{kind.plural} "{name}" not found'))
             return self._send_json(200, obj)
@@ -417,10 +363,10 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send_json(400, _status(400, "BadRequest", str(exc)))
         if q.get("watch") in ("true", "1"):
             return self._watch(kind, namespace, select, q)
-        with self.kube.cond:
-            items = [copy.deepcopy(o) for (ns, _), o in sorted(self.kube.objects[kind].items())
+        with self.fake.cond:
+            items = [copy.deepcopy(o) for (ns, _), o in sorted(self.fake.objects[kind].items())
                      if (namespace is None or ns == namespace) and select(o)]
-            rv = self.kube.rv
+            rv = self.fake.rv
         self._send_json(200, {"kind": f"{kind.kind}List", "apiVersion": kind.api_version,
                               "metadata": {"resourceVersion": str(rv)}, "items": items})
 
@@ -436,7 +382,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.flush()
 
     def _watch(self, kind: Kind, namespace: str | None, select, q: dict[str, str]) -> None:
-        kube = self.kube
+        kube = self.fake
         timeout = float(q.get("timeoutSeconds") or 1800)
         deadline = time.monotonic() + timeout
         bookmarks = q.get("allowWatchBookmarks") in ("true", "1")
@@ -469,7 +415,7 @@ class _Handler(BaseHTTPRequestHandler):
                 with kube.cond:
                     batch = kube.events_since(kind, since_rv)
                     if not batch:
-                        wait = min(deadline, last_bookmark + self.kube.bookmark_interval) - time.monotonic()
+                        wait = min(deadline, last_bookmark + self.fake.bookmark_interval) - time.monotonic()
                         if wait > 0 and kube.epoch == epoch:
                             kube.changed[kind].wait(wait)
                         batch = kube.events_since(kind, since_rv)
@@ -483,7 +429,7 @@ class _Handler(BaseHTTPRequestHandler):
                 now = time.monotonic()
                 if now >= deadline:
                     return self._end()
-                if bookmarks and now - last_bookmark >= self.kube.bookmark_interval:
+                if bookmarks and now - last_bookmark >= self.fake.bookmark_interval:
                     since_rv = max(since_rv, current)
                     self._chunk({"type": "BOOKMARK", "object": {
                         "kind": kind.kind, "apiVersion": kind.api_version,
@@ -509,28 +455,31 @@ class _Handler(BaseHTTPRequestHandler):
         return kind, (namespace or "", name), sub == "status"
 
     def do_POST(self) -> None:
-        self.kube.requests.append(("POST", self.path))
+        self.fake.requests.append(("POST", self.path))
         route = self._route()
         if route is None or route[2] is not None:
             return self._not_found()
-        code, body = self.kube.create(route[0], route[1] or "", self._body())
+        code, body = self.fake.create(route[0], route[1] or "", self._body())
         self._send_json(code, body)
 
     def do_PUT(self) -> None:
-        self.kube.requests.append(("PUT", self.path))
+        self.fake.requests.append(("PUT", self.path))
         target = self._target()
         if target is not None:
-            self._send_json(*self.kube.replace(target[0], target[1], self._body(), target[2]))
+            self._send_json(*self.fake.replace(target[0], target[1], self._body(), target[2]))
 
     def do_PATCH(self) -> None:
-        self.kube.requests.append(("PATCH", self.path))
+        self.fake.requests.append(("PATCH", self.path))
         target = self._target()
         if target is not None:
-            self._send_json(*self.kube.patch(target[0], target[1], self._body(), target[2]))
+            self._send_json(*self.fake.patch(target[0], target[1], self._body(), target[2]))
 
     def do_DELETE(self) -> None:
-        self.kube.requests.append(("DELETE", self.path))
+        self.fake.requests.append(("DELETE", self.path))
         target = self._target()
         if target is not None:
             self._body()
-            self._send_json(*self.kube.delete(target[0], target[1]))
+            self._send_json(*self.fake.delete(target[0], target[1]))
+
+
+FakeKube.handler = _Handler

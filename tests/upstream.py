@@ -5,7 +5,8 @@
 Paths:  /bytes/N (N bytes, Content-Length)   /chunked/N (chunked, with a trailer)
         /status/N   /delay/MS   /close (close-delimited body)   /upload (body size + sha256)
         anything else: JSON echo of method, path, headers, body size and requests served.
-Every response carries x-upstream: NAME.
+Every response carries x-upstream: NAME. `Upstream(name)` starts one as a child process
+(the tests' fixtures and bench/endpoint_churn.py use it).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import subprocess
+import sys
 
 import h11
 import trio
@@ -128,6 +131,22 @@ async def main(port: int, name: str) -> None:
     listeners = await trio.open_tcp_listeners(port, host="127.0.0.1")
     print(f"PORT {listeners[0].socket.getsockname()[1]}", flush=True)
     await trio.serve_listeners(lambda s: handle(s, name), listeners)
+
+
+class Upstream:
+    """This file run as a child process; `port`, `service` ("127.0.0.1:PORT"), `stop()`."""
+
+    def __init__(self, name: str):
+        self.proc = subprocess.Popen([sys.executable, __file__, "--name", name], stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        assert line.startswith("PORT "), line
+        self.port = int(line.split()[1])
+        self.service = f"127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+        self.proc.stdout.close()
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ limit again, so a flood on one key does not become a flood of Redis calls.
 from __future__ import annotations
 
 import hashlib
-import math
 
 from edge.model import RateLimitRule
 from edge.ratelimit import algorithm
@@ -66,7 +65,7 @@ def refused_until(decision: algorithm.Decision, rule: RateLimitRule, current: in
     count alone fills the limit, else the moment the previous window's weight has fallen
     enough."""
     unit = rule.unit_seconds
-    index = math.floor(now / unit)
+    index, _ = algorithm.window(now, unit)
     end = (index + 1) * unit
     if current >= rule.limit or previous <= 0:
         return end

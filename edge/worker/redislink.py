@@ -20,6 +20,7 @@ from collections import deque
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
+from edge.backoff import Backoff
 from edge.ratelimit import fleet
 from edge.ratelimit.algorithm import Decision
 from edge.ratelimit.limiter import Refusal
@@ -27,7 +28,6 @@ from edge.ratelimit.resp import ProtocolError, ReplyParser, RespError, encode
 from edge.worker.reactor import HUP_EVENTS, READ_EVENTS, WRITE_EVENTS, Handler, Reactor, flush_kept, send_or_keep
 
 log = logging.getLogger("edge.worker.redis")
-BACKOFF_FIRST, BACKOFF_CAP = 0.1, 5.0
 WARN_EVERY = 10.0
 
 
@@ -60,7 +60,7 @@ class RedisLink(Handler):
         self.waiters: deque[_Waiter] = deque()
         self.over: dict[str, float] = {}  # counter key -> refused until (clock time)
         self.retry_at = 0.0
-        self.backoff = BACKOFF_FIRST
+        self.backoff = Backoff(first=0.1, cap=5.0)
         self.answered = self.failures = self.timeouts = self.over_log_only = 0
         self.last_warning = -math.inf
 
@@ -150,8 +150,7 @@ class RedisLink(Handler):
         self.reactor.set_deadline(self, time.monotonic() + max(self.budget, 1.0))
 
     def _schedule_retry(self) -> None:
-        self.retry_at = time.monotonic() + self.backoff
-        self.backoff = min(BACKOFF_CAP, self.backoff * 2)
+        self.retry_at = time.monotonic() + self.backoff.next()
 
     def _send(self, data: bytes) -> None:
         try:
@@ -178,7 +177,7 @@ class RedisLink(Handler):
                     self._disconnect()
                     return
                 self.connected = True
-                self.backoff = BACKOFF_FIRST
+                self.backoff.reset()
             if self.out:
                 try:
                     self.out = flush_kept(self.sock, self.out)

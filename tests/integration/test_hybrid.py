@@ -13,9 +13,9 @@ import pytest
 import trio
 
 from bench.loadgen import LoadGenerator
-from tests.conftest import Upstream
 from tests.fakeconsul import FakeConsul
 from tests.kubeapply import Kube, ambassador, endpoint_slice, service
+from tests.upstream import Upstream
 
 pytestmark = pytest.mark.integration
 

@@ -19,7 +19,7 @@ import trio
 
 from edge.model import Endpoint
 from edge.supervisor.endpoints import EndpointBook
-from edge.supervisor.sources.kubewatch import Backoff
+from edge.backoff import Backoff
 
 log = logging.getLogger("edge.consul")
 

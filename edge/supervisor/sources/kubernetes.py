@@ -28,7 +28,8 @@ from edge.resources import kubernetes as k8s
 from edge.resources.base import RawObject
 from edge.supervisor.endpoints import EndpointBook
 from edge.supervisor.sources.files import Snapshot
-from edge.supervisor.sources.kubewatch import API_ERRORS, Backoff, Reflector, Resource, request
+from edge.backoff import Backoff
+from edge.supervisor.sources.kubewatch import API_ERRORS, Reflector, Resource, request
 
 log = logging.getLogger("edge.kubernetes")
 
@@ -91,6 +92,7 @@ class KubernetesSource:
         self.slice_owner: dict[tuple[str, str], tuple[str, str]] = {}
         self.ingresses: dict[tuple[str, str], dict] = {}
         self.ingress_classes: dict[tuple[str, str], dict] = {}
+        self._classes: tuple[set[str], bool] = (set(), False)  # ours, and whether one is the default
         self.secrets: dict[tuple[str, str], dict] = {}
         self.status_writes = 0
         self.status_errors = 0
@@ -113,6 +115,7 @@ class KubernetesSource:
             self._status_changed.set()
         elif kind == "IngressClass":
             self._store(self.ingress_classes, key, obj)
+            self._classes = k8s.our_ingress_classes(list(self.ingress_classes.values()))
             for ing in list(self.ingresses):
                 self._translate_ingress(ing)
             self._status_changed.set()
@@ -165,8 +168,7 @@ class KubernetesSource:
         obj = self.ingresses.get(key)
         if obj is None:
             return self._set_part(("Ingress", *key), None)
-        names, default = k8s.our_ingress_classes(list(self.ingress_classes.values()))
-        self._set_part(("Ingress", *key), k8s.ingress(obj, names, default))
+        self._set_part(("Ingress", *key), k8s.ingress(obj, *self._classes))
 
     # ---- output -------------------------------------------------------------------------
     def snapshot(self) -> Snapshot:
@@ -216,7 +218,7 @@ class KubernetesSource:
         addresses = self.status_addresses()
         if not addresses:
             return []
-        names, default = k8s.our_ingress_classes(list(self.ingress_classes.values()))
+        names, default = self._classes
         wanted = [{"hostname": a} if any(c.isalpha() for c in a) and ":" not in a else {"ip": a} for a in addresses]
         out = []
         for key, ing in sorted(self.ingresses.items()):

@@ -24,6 +24,8 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from kubernetes.watch.watch import iter_resp_lines
 
+from edge.backoff import Backoff
+
 log = logging.getLogger("edge.kubernetes")
 
 
@@ -48,21 +50,6 @@ class Gone(Exception):
 
 class WatchError(Exception):
     """The API server ended a watch with an error event other than 410."""
-
-
-class Backoff:
-    """Exponential back-off with full jitter: first, 2x first, ... up to cap."""
-
-    def __init__(self, first: float = 0.1, cap: float = 5.0):
-        self.first, self.cap, self.attempt = first, cap, 0
-
-    def next(self) -> float:
-        delay = min(self.cap, self.first * (2 ** self.attempt))
-        self.attempt += 1
-        return random.uniform(delay / 2, delay)
-
-    def reset(self) -> None:
-        self.attempt = 0
 
 
 OnEvent = Callable[[Resource, tuple[str, str], dict | None], None]
