@@ -97,6 +97,37 @@ def test_counters_live_in_the_segment_not_in_the_worker(store):
     again.store.close()
 
 
+def test_take_decides_and_counts_as_counts_then_add_would(store):
+    """take is the one-read fast path of a single limit: against a second store driven
+    by counts + add, the answers and the counters stay equal, across windows, cells,
+    LogOnly and keys that collide in a row."""
+    import random
+
+    other = CounterStore(f"edge-test-{secrets.token_hex(4)}-rl", cells=4, buckets=64, create=True)
+    try:
+        rng = random.Random(7)
+        now = 1_000.0
+        for _ in range(3000):
+            now += rng.random() * 0.05
+            cell, key, enforce = rng.randrange(4), rng.choice((3, 5, 67, 131)), rng.random() < 0.8
+            window = int(now // 1)
+            current, previous = other.counts(key, window)
+            within = algorithm.estimate(current, previous, now - window) < 4
+            if within or not enforce:
+                other.add(cell, key, window)
+            assert store.take(cell, key, now, 1, 4, enforce) is within
+            assert store.counts(key, window) == other.counts(key, window)
+    finally:
+        other.close()
+
+
+def test_a_refused_request_is_counted_in_none_of_its_limits(store):
+    limiter = Limiter(store, 0, Clock(7.0))
+    tight, loose = rule(rate=2), rule(rate=100, values=("other",))
+    assert [limiter.check([(loose, "b"), (tight, "a")])[0] is None for _ in range(4)] == [True, True, False, False]
+    assert store.counts(limiter.key("b"), 7) == (2, 0)
+
+
 def test_log_only_counts_and_never_refuses(store):
     limiter = Limiter(store, 0, Clock(1.0))
     r = rule(rate=1, enforce=False)

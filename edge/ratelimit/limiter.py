@@ -17,6 +17,7 @@ from edge.ratelimit import algorithm
 from edge.ratelimit.store import CounterStore
 
 _KEY_CACHE_MAX = 65536
+ALLOWED: tuple = (None, ())  # check's answer for an allowed request with no headers to inject
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,7 @@ class Refusal:
 
 class Limiter:
     failures = 0  # the shared-memory store has no failure mode to fall back on
+    synchronous = True  # answers in `check`; the fleet store's link answers later, in `decide`
 
     def __init__(self, store: CounterStore, cell: int, clock=time.time):
         self.store = store
@@ -50,6 +52,15 @@ class Limiter:
         response headers apply). Counts the request in every matched limit when allowed."""
         now = self.clock()
         store = self.store
+        if len(matched) == 1:  # the usual case: one read of the row, one write
+            rule, text = matched[0]
+            key = self._keys.get(text) or self.key(text)
+            if not store.take(self.cell, key, now, rule.unit_seconds, rule.limit, rule.enforce):
+                if rule.enforce:
+                    current, previous = store.counts(key, int(now // rule.unit_seconds))
+                    return Refusal(rule, algorithm.decide(current, previous, now, rule.unit_seconds, rule.limit)), []
+                self.over_log_only += 1
+            return (None, [rule]) if rule.inject_response_headers else ALLOWED
         refusal = None
         counted = []
         for rule, text in matched:  # decide first: nothing is counted for a refused request

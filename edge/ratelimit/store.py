@@ -61,7 +61,12 @@ class CounterStore:
 
     def counts(self, key: int, window: int) -> tuple[int, int]:
         """(count in `window`, count in the window before), summed over every cell."""
-        row = self._row.unpack_from(self._mem, _HEAD.size + self._row_bytes * (key & self._mask))  # the whole row
+        return self._sum(self._row.unpack_from(self._mem, _HEAD.size + self._row_bytes * (key & self._mask)),
+                         key, window)
+
+    def _sum(self, row: tuple, key: int, window: int) -> tuple[int, int]:
+        """`counts` from the key's first row (every cell's bucket), probing further only
+        when another key sits where ours would."""
         current = previous = 0
         i = 0
         for k in row[0::4]:
@@ -73,7 +78,7 @@ class CounterStore:
                 elif w == window - 1:
                     previous += row[i + 2]
             elif k:
-                return self._counts_probing(key, window)  # another key sits where ours would
+                return self._counts_probing(key, window)
             i += 4
         return current, previous
 
@@ -99,6 +104,23 @@ class CounterStore:
                 break
             pending = others
         return current, previous
+
+    def take(self, cell: int, key: int, now: float, unit: int, limit: int, enforce: bool) -> bool:
+        """One request against one limit, in a single read of the key's row: True, and
+        counted in `cell`, when the sliding-window estimate (algorithm.estimate) is below
+        `limit`; False when it is not, counted only if not `enforce` (LogOnly)."""
+        window = int(now // unit)
+        start = (key & self._mask) * self._row_words
+        row = self._row.unpack_from(self._mem, _HEAD.size + start * 8)
+        current, previous = self._sum(row, key, window)
+        within = current + previous * (1.0 - (now - window * unit) / unit) < limit
+        if within or not enforce:
+            mine = cell * 4
+            if row[mine] == key and row[mine + 1] == window:  # the usual case: no second read
+                self.words[start + mine + 2] = row[mine + 2] + 1
+            else:
+                self.add(cell, key, window)
+        return within
 
     def add(self, cell: int, key: int, window: int) -> None:
         """Count one request for `key` in `window`, in `cell` (the caller's own)."""

@@ -329,8 +329,14 @@ class ClientConnection(Handler):
             limits = cached[2] if cached is not None and cached[0] is target and cached[1] is router \
                 else self._matched_limits(target, listener)
             if limits:
-                state.limits.decide(limits, self._limits_decided)  # now (shared memory) or later (Redis)
-                return
+                limiter = state.limits
+                if not limiter.synchronous:
+                    limiter.decide(limits, self._limits_decided)  # answers when Redis has
+                    return
+                refusal, inject = limiter.check(limits)  # shared memory: now
+                if refusal is not None or inject:
+                    self._limits_decided(refusal, inject)
+                    return
         self._go()
 
     def _go(self) -> None:

@@ -45,6 +45,7 @@ class RedisLink(Handler):
     __slots__ = ("reactor", "target", "address", "budget", "fail_open", "clock", "sock", "fd", "connected", "out",
                  "parser", "waiters", "over", "retry_at", "backoff", "answered", "failures", "timeouts",
                  "last_warning", "readable", "over_log_only")
+    synchronous = False  # answers in `decide`'s callback, when Redis has answered
 
     def __init__(self, reactor: Reactor, target: RedisTarget, budget: float, fail_open: bool, clock=time.time):
         super().__init__()

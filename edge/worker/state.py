@@ -28,8 +28,9 @@ class WorkerState:
         self.internal_errors = 0
         self.client_errors = 0
         self.upstream_errors = 0
-        # the rate limiter: edge.ratelimit.limiter.Limiter (shared memory) or, with a fleet
-        # store, edge.worker.redislink.RedisLink; both have decide(matched, callback)
+        # the rate limiter: edge.ratelimit.limiter.Limiter (shared memory: `synchronous`,
+        # check(matched) answers at once) or, with a fleet store, edge.worker.redislink.RedisLink
+        # (decide(matched, callback) answers when Redis has)
         self.limits = None
         self.ratelimited = 0  # requests answered 429 by a limit
 
