@@ -56,6 +56,7 @@ class CounterStore:
         self._row_words = self.cells * 4
         self._row_bytes = self._row_words * 8
         self._row = struct.Struct(f"<{self._row_words}Q")
+        self._cell_starts = range(0, self._row_words, 4)  # each cell's bucket in a row
         self.words = memoryview(self._mem)[_HEAD.size:].cast("Q")
         self.evictions = 0
 
@@ -68,8 +69,8 @@ class CounterStore:
         """`counts` from the key's first row (every cell's bucket), probing further only
         when another key sits where ours would."""
         current = previous = 0
-        i = 0
-        for k in row[0::4]:
+        for i in self._cell_starts:
+            k = row[i]
             if k == key:
                 w = row[i + 1]
                 if w == window:
@@ -79,7 +80,6 @@ class CounterStore:
                     previous += row[i + 2]
             elif k:
                 return self._counts_probing(key, window)
-            i += 4
         return current, previous
 
     def _counts_probing(self, key: int, window: int) -> tuple[int, int]:
@@ -109,7 +109,7 @@ class CounterStore:
         """One request against one limit, in a single read of the key's row: True, and
         counted in `cell`, when the sliding-window estimate (algorithm.estimate) is below
         `limit`; False when it is not, counted only if not `enforce` (LogOnly)."""
-        window = int(now // unit)
+        window = int(now) // unit  # the same as int(now // unit) for whole seconds, cheaper
         start = (key & self._mask) * self._row_words
         row = self._row.unpack_from(self._mem, _HEAD.size + start * 8)
         current, previous = self._sum(row, key, window)
