@@ -85,8 +85,3 @@ class Limiter:
             if rule.inject_response_headers:
                 inject.append(rule)
         return None, inject
-
-    def decide(self, matched: list[tuple[RateLimitRule, str]], callback) -> None:
-        """`check`, answered through `callback(refusal, limits to inject)` at once: the
-        same interface as the fleet store's link, which may answer later."""
-        callback(*self.check(matched))
