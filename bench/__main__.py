@@ -4,7 +4,8 @@
 
 Starts one nginx upstream, nginx and haproxy as keep-alive reverse proxies (1 worker or
 thread each), edge with 1 worker and with N workers (10 Mappings), edge with 10,000
-Mappings, and edge with a rate limit that never triggers. Rounds are interleaved (every
+Mappings, edge with a rate limit that never triggers, and bench.forwarder (a bare Python
+byte relay on edge's reactor: what the event loop alone costs, without HTTP work). Rounds are interleaved (every
 target once per round, every other round in reverse order) and medians reported; CPU per
 request is the user+system time of the proxy's processes (/proc) over the requests wrk
 completed. Writes bench/results/<scenario>.json, summary.md and summary.png.
@@ -37,9 +38,11 @@ class Scenario:
 
 
 PROXIES = ("nginx", "haproxy", "edge-1", "edge-N")
+# the floor of Python proxying (bench.forwarder: a byte relay, no HTTP), on keep-alive only
+KEEP_ALIVE = (*PROXIES, "py-forwarder")
 SCENARIOS = {
-    "small_c50": Scenario("small GET, keep-alive, 50 connections", "/bench/", 50, PROXIES),
-    "small_c200": Scenario("small GET, keep-alive, 200 connections", "/bench/", 200, PROXIES),
+    "small_c50": Scenario("small GET, keep-alive, 50 connections", "/bench/", 50, KEEP_ALIVE),
+    "small_c200": Scenario("small GET, keep-alive, 200 connections", "/bench/", 200, KEEP_ALIVE),
     "new_connection": Scenario("small GET, a new connection per request, 50 at a time", "/bench/", 50, PROXIES,
                                close=True),
     "large_1mib": Scenario("1 MiB responses, keep-alive, 16 connections", "/bench/big", 16, PROXIES),
@@ -89,6 +92,7 @@ def main() -> None:
         starters = {
             "nginx": lambda: targets.nginx(work, up.port),
             "haproxy": lambda: targets.haproxy(work, up.port),
+            "py-forwarder": lambda: targets.forwarder(work, up.port),
             "edge-1": lambda: targets.edge(work, "edge-1", up.port, workers=1, mappings=10),
             "edge-N": lambda: targets.edge(work, "edge-N", up.port, workers=args.workers, mappings=10),
             "edge-1-10k": lambda: targets.edge(work, "edge-1-10k", up.port, workers=1, mappings=10_000),

@@ -167,6 +167,13 @@ backend be
     return Target("haproxy", port, [subprocess.Popen(["haproxy", "-db", "-f", str(conf)])])
 
 
+def forwarder(work: Path, up: int) -> Target:
+    """bench.forwarder: a bare Python byte relay on edge's reactor (no HTTP work)."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "bench.forwarder", str(port), str(up)], cwd=ROOT)
+    return Target("py-forwarder", port, [proc])
+
+
 def listener_yaml(port: int) -> str:
     return f"""apiVersion: getambassador.io/v3alpha1
 kind: Listener
