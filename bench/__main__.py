@@ -5,10 +5,11 @@
 Starts one nginx upstream, nginx and haproxy as keep-alive reverse proxies (1 worker or
 thread each), edge with 1 worker and with N workers (10 Mappings), edge with 10,000
 Mappings, edge with a rate limit that never triggers, and bench.forwarder (a bare Python
-byte relay on edge's reactor: what the event loop alone costs, without HTTP work). Rounds are interleaved (every
-target once per round, every other round in reverse order) and medians reported; CPU per
-request is the user+system time of the proxy's processes (/proc) over the requests wrk
-completed. Writes bench/results/<scenario>.json, summary.md and summary.png.
+byte relay on edge's reactor: what the event loop alone costs, without HTTP work).
+Rounds are interleaved (every target once per round, every other round in reverse order)
+and medians reported; CPU per request is the user+system time of the proxy's processes
+(/proc) over the requests wrk completed. Writes bench/results/<scenario>.json, summary.md
+and summary.png.
 """
 
 from __future__ import annotations
