@@ -93,7 +93,7 @@ def main() -> None:
         starters = {
             "nginx": lambda: targets.nginx(work, up.port),
             "haproxy": lambda: targets.haproxy(work, up.port),
-            "py-forwarder": lambda: targets.forwarder(work, up.port),
+            "py-forwarder": lambda: targets.forwarder(up.port),
             "edge-1": lambda: targets.edge(work, "edge-1", up.port, workers=1, mappings=10),
             "edge-N": lambda: targets.edge(work, "edge-N", up.port, workers=args.workers, mappings=10),
             "edge-1-10k": lambda: targets.edge(work, "edge-1-10k", up.port, workers=1, mappings=10_000),

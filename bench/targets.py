@@ -167,7 +167,7 @@ backend be
     return Target("haproxy", port, [subprocess.Popen(["haproxy", "-db", "-f", str(conf)])])
 
 
-def forwarder(work: Path, up: int) -> Target:
+def forwarder(up: int) -> Target:
     """bench.forwarder: a bare Python byte relay on edge's reactor (no HTTP work)."""
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "bench.forwarder", str(port), str(up)], cwd=ROOT)

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import json
 import socket
-import subprocess
-import sys
 import time
 
 import httpx
 import pytest
 
-from tests.conftest import ROOT, free_port
+from bench import targets
 from tests.upstream import PATTERN
 
 pytestmark = pytest.mark.integration
@@ -20,19 +18,10 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def forwarder(upstream):
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "bench.forwarder", str(port), str(upstream.port)], cwd=ROOT)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            httpx.get(f"http://127.0.0.1:{port}/ready", timeout=1)
-            break
-        except httpx.TransportError:
-            assert time.monotonic() < deadline, "bench.forwarder did not answer"
-            time.sleep(0.05)
-    yield port
-    proc.kill()
-    proc.wait()
+    relay = targets.forwarder(upstream.port)
+    targets.wait_http(relay.port, "/ready")
+    yield relay.port
+    relay.stop()
 
 
 def test_relays_keep_alive_requests_and_large_bodies_byte_for_byte(forwarder):
