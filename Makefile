@@ -1,5 +1,6 @@
 # make run  : install into .venv, start a local upstream and `edge serve` on config/quickstart
 # make test : install into .venv (with test extras) and redis-server when missing, run the whole suite
+#             (the install compiles the HTTP/1 parser, edge/worker/proto/h1parser.pyx, with gcc)
 # make bench: wrk side by side with nginx and haproxy, every scenario (installs wrk, nginx,
 #             haproxy and matplotlib when missing); BENCH_ARGS passes options to python -m bench
 PY ?= python3
@@ -14,7 +15,7 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-$(STAMP): $(BIN)/python setup.cfg pyproject.toml
+$(STAMP): $(BIN)/python setup.cfg setup.py pyproject.toml edge/worker/proto/h1parser.pyx edge/worker/proto/llhttp.pxd
 	$(BIN)/pip install -q -e '.[test]'
 	touch $(STAMP)
 

@@ -8,7 +8,7 @@ import pytest
 
 from edge.model import HeaderOp, Target
 from edge.worker.proto.h1 import ClientError
-from edge.worker.proto.h1 import NO_TOKENS, connection_tokens
+from edge.worker.proto.messages import NO_TOKENS, connection_tokens
 from edge.worker.proxy import header_rules, normalize_path, request_head, response_head, rewrite_path, split_target
 
 

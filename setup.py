@@ -1,0 +1,16 @@
+"""The one compiled part of edge: the HTTP/1 parser over llhttp (vendor/llhttp, MIT).
+Everything else is in setup.cfg."""
+
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+LLHTTP = "vendor/llhttp"
+
+setup(ext_modules=cythonize(
+    [Extension("edge.worker.proto.h1parser",
+               sources=["edge/worker/proto/h1parser.pyx", f"{LLHTTP}/src/api.c", f"{LLHTTP}/src/http.c",
+                        f"{LLHTTP}/src/llhttp.c"],
+               include_dirs=[f"{LLHTTP}/include"],
+               extra_compile_args=["-O2"])],
+    compiler_directives={"language_level": 3, "boundscheck": False, "wraparound": False},
+))
