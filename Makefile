@@ -15,7 +15,8 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-$(STAMP): $(BIN)/python setup.cfg setup.py pyproject.toml edge/worker/proto/h1parser.pyx edge/worker/proto/llhttp.pxd
+$(STAMP): $(BIN)/python setup.cfg setup.py pyproject.toml edge/worker/proto/h1parser.pyx edge/worker/proto/llhttp.pxd \
+	edge/worker/heads.pyx
 	$(BIN)/pip install -q -e '.[test]'
 	touch $(STAMP)
 

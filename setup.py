@@ -1,5 +1,5 @@
-"""The one compiled part of edge: the HTTP/1 parser over llhttp (vendor/llhttp, MIT).
-Everything else is in setup.cfg."""
+"""The compiled parts of edge, on the per-request path: the HTTP/1 parser over llhttp
+(vendor/llhttp, MIT) and the writing of heads. Everything else is in setup.cfg."""
 
 from Cython.Build import cythonize
 from setuptools import Extension, setup
@@ -11,6 +11,7 @@ setup(ext_modules=cythonize(
                sources=["edge/worker/proto/h1parser.pyx", f"{LLHTTP}/src/api.c", f"{LLHTTP}/src/http.c",
                         f"{LLHTTP}/src/llhttp.c"],
                include_dirs=[f"{LLHTTP}/include"],
-               extra_compile_args=["-O2"])],
+               extra_compile_args=["-O2"]),
+     Extension("edge.worker.heads", sources=["edge/worker/heads.pyx"], extra_compile_args=["-O2"])],
     compiler_directives={"language_level": 3, "boundscheck": False, "wraparound": False},
 ))

@@ -26,7 +26,7 @@ from edge.resources.base import RawObject
 from edge.supervisor.compile import compile
 from edge.worker.conn import ClientConnection
 from edge.worker.proto.h1 import RequestParser, ResponseParser
-from edge.worker.proxy import request_head, response_head
+from edge.worker.heads import request_head, response_head
 from edge.worker.reactor import EPOLLIN, EPOLLOUT
 from edge.worker.router import Router
 from edge.worker.state import WorkerState

@@ -9,7 +9,8 @@ import pytest
 from edge.model import HeaderOp, Target
 from edge.worker.proto.h1 import ClientError
 from edge.worker.proto.messages import NO_TOKENS, connection_tokens
-from edge.worker.proxy import header_rules, normalize_path, request_head, response_head, rewrite_path, split_target
+from edge.worker.heads import request_head, response_head
+from edge.worker.proxy import header_rules, normalize_path, rewrite_path, split_target
 
 
 @pytest.mark.parametrize("raw, merge, expected", [
@@ -63,3 +64,38 @@ def test_response_head():
                          server=b"edge", service_time_ms=7, framing=b"content-length: 0\r\n", close=True)
     assert head == (b"HTTP/1.1 200 OK\r\nx-b: 9\r\nserver: edge\r\nx-envoy-upstream-service-time: 7\r\n"
                     b"content-length: 0\r\nconnection: close\r\n\r\n")
+
+
+def test_request_head_bytes():
+    rules = _rules(host_rewrite="inner.svc", add_request_headers=(HeaderOp("x-add", "1", True),))
+    head = request_head(b"POST", "/up", "", [(b"host", b"outer"), (b"x-forwarded-proto", b"https"), (b"a", b"")],
+                        connection=NO_TOKENS, client_ip="10.0.0.1", xfp=b"http", trust_xff=True,
+                        original_path=None, rules=rules, suppress_envoy=True, chunked=False, content_length=1234567)
+    assert re.fullmatch(rb"POST /up HTTP/1\.1\r\nhost: inner\.svc\r\na: \r\nx-forwarded-for: 10\.0\.0\.1\r\n"
+                        rb"x-forwarded-proto: https\r\nx-request-id: [0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-"
+                        rb"[89ab][0-9a-f]{3}-[0-9a-f]{12}\r\nx-add: 1\r\ncontent-length: 1234567\r\n\r\n", head)
+    chunked = request_head(b"PUT", "/", "a=1", [(b"x-request-id", b"mine")], connection=NO_TOKENS, client_ip="::1",
+                           xfp=b"http", trust_xff=False, original_path="/orig", rules=_rules(), suppress_envoy=False,
+                           chunked=True, content_length=None)
+    assert chunked == (b"PUT /?a=1 HTTP/1.1\r\nx-request-id: mine\r\nx-forwarded-for: ::1\r\nx-forwarded-proto: http\r\n"
+                       b"x-envoy-original-path: /orig\r\ntransfer-encoding: chunked\r\n\r\n")
+    zero = request_head(b"GET", "/", "", [(b"x-request-id", b"r")], connection=NO_TOKENS, client_ip="c", xfp=b"http",
+                        trust_xff=False, original_path=None, rules=_rules(), suppress_envoy=False, chunked=False,
+                        content_length=0)
+    assert zero.endswith(b"\r\ncontent-length: 0\r\n\r\n")
+
+
+def test_heads_larger_than_the_first_buffer():
+    # the compiled writer starts with 4 KiB and grows; each head is taken whole
+    many = [(b"x-h%d" % i, b"v" * 300) for i in range(100)]
+    head = response_head(599, b"Odd", many, connection=NO_TOKENS, rules=_rules(), server=b"edge",
+                         service_time_ms=None, framing=b"", close=False)
+    assert head == b"HTTP/1.1 599 Odd\r\n" + b"".join(b"%b: %b\r\n" % h for h in many) + b"server: edge\r\n\r\n"
+    small = response_head(404, b"", [], connection=NO_TOKENS, rules=_rules(), server=b"e", service_time_ms=12345,
+                          framing=b"content-length: 0\r\n", close=False)
+    assert small == (b"HTTP/1.1 404 Not Found\r\nserver: e\r\nx-envoy-upstream-service-time: 12345\r\n"
+                     b"content-length: 0\r\n\r\n")
+    big = request_head(b"GET", "/" + "p" * 9000, "", many, connection=NO_TOKENS, client_ip="c", xfp=b"http",
+                       trust_xff=False, original_path=None, rules=_rules(), suppress_envoy=False, chunked=False,
+                       content_length=None)
+    assert big.startswith(b"GET /" + b"p" * 9000 + b" HTTP/1.1\r\n" + b"".join(b"%b: %b\r\n" % h for h in many))

@@ -38,7 +38,8 @@ from edge.worker.proto.h1 import (
     last_chunk,
     simple_response,
 )
-from edge.worker.proxy import normalize_path, request_head, response_head, rewrite_path, split_target
+from edge.worker.heads import request_head, response_head
+from edge.worker.proxy import normalize_path, rewrite_path, split_target
 from edge.worker.reactor import HUP_EVENTS, READ_EVENTS, WRITE_EVENTS, Handler, flush_kept, send_or_keep
 from edge.worker.router import pick_target
 from edge.worker.state import READ_SIZE, WorkerState

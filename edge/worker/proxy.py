@@ -1,4 +1,5 @@
-"""Proxy decisions, pure: path normalisation and rewrite, request and response heads.
+"""Proxy decisions, pure: path normalisation and rewrite, the header rules of a target,
+request ids. The heads themselves are written by `heads` (compiled) from these rules.
 
 Nothing here touches a socket; conn.py calls these with parsed requests and responses.
 """
@@ -9,7 +10,7 @@ from dataclasses import dataclass
 from random import getrandbits
 
 from edge.model import Target
-from edge.worker.proto.h1 import REASONS, ClientError
+from edge.worker.proto.messages import ClientError
 
 # RFC 7230 hop-by-hop headers, never forwarded (plus any named in Connection).
 HOP_BY_HOP = frozenset({
@@ -143,67 +144,3 @@ class RequestIds:
 _UUID_CLEAR = ~((0xF000 << 64) | (0xC000 << 48)) & ((1 << 128) - 1)
 _UUID_SET = (0x4000 << 64) | (0x8000 << 48)
 request_id = RequestIds().next
-
-
-def request_head(method: bytes, path: str, query: str, headers: list, *, connection: frozenset, client_ip: str,
-                 xfp: bytes, trust_xff: bool, original_path: str | None, rules: HeaderRules,
-                 suppress_envoy: bool, chunked: bool, content_length: int | None) -> bytes:
-    """The upstream request head (HTTP/1.1, keep-alive) for one target of a route.
-    `connection` holds the tokens of the client's Connection header (dropped too)."""
-    drop = rules.request_drop | connection if connection else rules.request_drop
-    host_rewrite = rules.host_rewrite
-    lines = [b"%b %b HTTP/1.1\r\n" % (method, (path + ("?" + query if query else "")).encode())]
-    has_xrid = False
-    xff = None
-    for name, value in headers:
-        if name in drop:
-            continue
-        if name == b"x-forwarded-for":
-            xff = value if xff is None else xff + b", " + value
-            continue
-        if name == b"x-forwarded-proto":
-            if trust_xff:
-                xfp = value
-            continue
-        if name == b"host" and host_rewrite is not None:
-            value = host_rewrite
-        elif name == b"x-request-id":
-            has_xrid = True
-        lines.append(b"%b: %b\r\n" % (name, value))
-    xff = client_ip.encode() if xff is None else xff + b", " + client_ip.encode()
-    lines.append(b"x-forwarded-for: %b\r\nx-forwarded-proto: %b\r\n" % (xff, xfp))
-    if not has_xrid:
-        lines.append(b"x-request-id: %b\r\n" % request_id())
-    if original_path is not None and not suppress_envoy:
-        lines.append(b"x-envoy-original-path: %b\r\n" % original_path.encode())
-    lines.append(rules.request_add)
-    if chunked:
-        lines.append(b"transfer-encoding: chunked\r\n")
-    elif content_length is not None:
-        lines.append(b"content-length: %d\r\n" % content_length)
-    lines.append(b"\r\n")
-    return b"".join(lines)
-
-
-def response_head(status: int, reason: bytes, headers: list, *, connection: frozenset, rules: HeaderRules,
-                  server: bytes, service_time_ms: int | None, framing: bytes, close: bool,
-                  extra: bytes = b"") -> bytes:
-    """The head sent to the client. `framing` is the content-length/transfer-encoding
-    line (or b"") chosen by the caller; `service_time_ms` None omits the envoy header;
-    `connection` holds the tokens of the upstream's Connection header (dropped too);
-    `extra` is header lines to add (rate-limit headers)."""
-    drop = rules.response_drop | connection if connection else rules.response_drop
-    lines = [b"HTTP/1.1 %d %b\r\n" % (status, REASONS.get(status) or reason or b"Unknown")]
-    for name, value in headers:
-        if name not in drop:
-            lines.append(b"%b: %b\r\n" % (name, value))
-    lines.append(rules.response_add)
-    lines.append(extra)
-    lines.append(b"server: %b\r\n" % server)
-    if service_time_ms is not None:
-        lines.append(b"x-envoy-upstream-service-time: %d\r\n" % service_time_ms)
-    lines.append(framing)
-    if close:
-        lines.append(b"connection: close\r\n")
-    lines.append(b"\r\n")
-    return b"".join(lines)

@@ -58,6 +58,35 @@ cdef bytes _lowered(const char *at, size_t length):
     return out
 
 
+cdef object _plain_length(list lengths, list codings):
+    """The usual framing, without a Python call: one Content-Length of up to 18 digits and
+    no Transfer-Encoding gives its value; anything else None (then `framing` decides)."""
+    if codings or len(lengths) != 1:
+        return None
+    cdef bytes value = lengths[0]
+    cdef Py_ssize_t n = len(value), i
+    cdef const char *s = value
+    cdef long long total = 0
+    if n == 0 or n > 18:
+        return None
+    for i in range(n):
+        if not 48 <= s[i] <= 57:
+            return None
+        total = total * 10 + (s[i] - 48)
+    return total
+
+
+cdef object _tokens(list connection):
+    """connection_tokens, without a call for no Connection header or the usual one."""
+    if not connection:
+        return NO_TOKENS
+    if len(connection) == 1:
+        value = (<bytes>connection[0]).lower()
+        if value == b"keep-alive" or value == b"close":
+            return NO_TOKENS
+    return connection_tokens(connection)
+
+
 cdef class _Parser:
     """What both directions share: llhttp's state, the headers being collected, the
     bounds on head size. Callbacks run inside `feed`; an exception raised by one is kept
@@ -317,10 +346,11 @@ cdef class RequestParser(_Parser):
                 expect = version == V11
             else:  # upgrade
                 upgrade = True
+        chunked, length = False, None
         if lengths or codings:
-            chunked, length = framing(lengths, codings, True, version)
-        else:
-            chunked, length = False, None
+            length = _plain_length(lengths, codings)
+            if length is None:
+                chunked, length = framing(lengths, codings, True, version)
         if hosts > 1:
             raise ClientError(400, "more than one Host header")
         if not hosts and version == V11:
@@ -328,7 +358,7 @@ cdef class RequestParser(_Parser):
         method = <bytes>ll.llhttp_method_name(<ll.llhttp_method_t>self._p.method)
         self.events.append(Request(method, self._url, version, headers,
                                    bool(ll.llhttp_should_keep_alive(&self._p)), chunked, length, host, expect,
-                                   upgrade, connection_tokens(connection) if connection else NO_TOKENS,
+                                   upgrade, _tokens(connection),
                                    chunked or bool(length)))
         return 1 if self._p.upgrade else 0
 
@@ -392,17 +422,18 @@ cdef class ResponseParser(_Parser):
                 codings.append(v)
             else:
                 connection.append(v)
+        chunked, length = False, None
         if lengths or codings:
-            chunked, length = framing(lengths, codings, False, version)
-        else:
-            chunked, length = False, None
+            length = _plain_length(lengths, codings)
+            if length is None:
+                chunked, length = framing(lengths, codings, False, version)
         informational = 100 <= status < 200
         no_body = informational or status == 204 or status == 304 or self._no_body
         if no_body:
             chunked, length = False, None
         self.events.append(Response(status, self._status_reason, version, headers,
                                     bool(ll.llhttp_should_keep_alive(&self._p)), chunked, length,
-                                    connection_tokens(connection) if connection else NO_TOKENS,
+                                    _tokens(connection),
                                     informational))
         self._status_reason = b""
         if informational:
