@@ -99,3 +99,16 @@ def test_heads_larger_than_the_first_buffer():
                        trust_xff=False, original_path=None, rules=_rules(), suppress_envoy=False, chunked=False,
                        content_length=None)
     assert big.startswith(b"GET /" + b"p" * 9000 + b" HTTP/1.1\r\n" + b"".join(b"%b: %b\r\n" % h for h in many))
+
+
+def test_request_ids_are_version_4_uuids_and_unique():
+    def head_id():
+        head = request_head(b"GET", "/", "", [], connection=NO_TOKENS, client_ip="c", xfp=b"http", trust_xff=False,
+                            original_path=None, rules=_rules(), suppress_envoy=False, chunked=False,
+                            content_length=None)
+        return re.search(rb"x-request-id: ([^\r]*)\r\n", head).group(1)
+    ids = [head_id() for _ in range(40)]
+    assert len(set(ids)) == 40
+    for rid in ids:
+        assert re.fullmatch(rb"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}", rid), rid
+    assert int(ids[1][-12:], 16) == (int(ids[0][-12:], 16) + 1) % (1 << 48)

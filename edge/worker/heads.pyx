@@ -11,8 +11,9 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from libc.stdlib cimport realloc
 from libc.string cimport memcpy
 
+from random import getrandbits
+
 from edge.worker.proto.h1 import REASONS
-from edge.worker.proxy import request_id
 
 cdef dict _REASONS = REASONS
 
@@ -73,6 +74,36 @@ cdef int _put_int(long long value) except -1:
     return _put(digits + i, 24 - i)
 
 
+# x-request-id values in the version-4 UUID format: 74 random bits drawn once per process,
+# then a 48-bit counter in the last 12 hex digits. Request ids must be unique, not secret;
+# uuid.uuid4() costs a getrandom syscall per call, this a counter.
+cdef char _request_id[36]
+cdef unsigned long long _request_count
+cdef const char *_HEX_DIGITS = b"0123456789abcdef"
+
+
+def _seed_request_ids():
+    global _request_count
+    h = b"%032x" % (getrandbits(128) & ~((0xF000 << 64) | (0xC000 << 48)) | (0x4000 << 64) | (0x8000 << 48))
+    prefix = b"%b-%b-%b-%b-" % (h[:8], h[8:12], h[12:16], h[16:20])
+    memcpy(_request_id, <const char *>prefix, 24)
+    _request_count = getrandbits(47)  # random start: two processes seldom share a prefix and a count
+
+
+_seed_request_ids()
+
+
+cdef int _put_request_id() except -1:
+    global _request_count
+    _request_count = (_request_count + 1) & 0xFFFFFFFFFFFF
+    cdef unsigned long long count = _request_count
+    cdef int i
+    for i in range(35, 23, -1):
+        _request_id[i] = _HEX_DIGITS[count & 15]
+        count >>= 4
+    return _put(_request_id, 36)
+
+
 cdef bytes _take():
     global _len
     out = PyBytes_FromStringAndSize(_buf, _len)
@@ -117,7 +148,9 @@ def request_head(bytes method, str path, str query, list headers, *, connection,
     _put_line(b"x-forwarded-for", client_ip.encode() if xff is None else xff + b", " + client_ip.encode())
     _put_line(b"x-forwarded-proto", xfp)
     if not has_xrid:
-        _put_line(b"x-request-id", request_id())
+        _put(b"x-request-id: ", 14)
+        _put_request_id()
+        _put(b"\r\n", 2)
     if original_path is not None and not suppress_envoy:
         _put_line(b"x-envoy-original-path", original_path.encode())
     _put_bytes(rules.request_add)

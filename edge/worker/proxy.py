@@ -1,5 +1,5 @@
-"""Proxy decisions, pure: path normalisation and rewrite, the header rules of a target,
-request ids. The heads themselves are written by `heads` (compiled) from these rules.
+"""Proxy decisions, pure: path normalisation and rewrite, the header rules of a target.
+The heads themselves, and their request ids, are written by `heads` (compiled).
 
 Nothing here touches a socket; conn.py calls these with parsed requests and responses.
 """
@@ -7,7 +7,6 @@ Nothing here touches a socket; conn.py calls these with parsed requests and resp
 from __future__ import annotations
 
 from dataclasses import dataclass
-from random import getrandbits
 
 from edge.model import Target
 from edge.worker.proto.messages import ClientError
@@ -124,23 +123,3 @@ def header_rules(t: Target) -> HeaderRules:
         | replaced(t.add_response_headers) | {b"content-length", b"server"},
         response_add=rendered(t.add_response_headers),
     )
-
-
-class RequestIds:
-    """x-request-id values in the version-4 UUID format: 74 random bits drawn once per
-    process, then a 48-bit counter. Request ids must be unique, not secret; uuid.uuid4()
-    costs a getrandom syscall per call, this a format."""
-
-    def __init__(self):
-        h = b"%032x" % (getrandbits(128) & _UUID_CLEAR | _UUID_SET)
-        self._prefix = b"%b-%b-%b-%b-" % (h[:8], h[8:12], h[12:16], h[16:20])
-        self._count = getrandbits(47)  # random start: two processes seldom share a prefix and a count
-
-    def next(self) -> bytes:
-        self._count = count = (self._count + 1) & 0xFFFFFFFFFFFF
-        return b"%b%012x" % (self._prefix, count)
-
-
-_UUID_CLEAR = ~((0xF000 << 64) | (0xC000 << 48)) & ((1 << 128) - 1)
-_UUID_SET = (0x4000 << 64) | (0x8000 << 48)
-request_id = RequestIds().next
