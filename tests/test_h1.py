@@ -145,8 +145,11 @@ def test_every_cut_of_a_stream_gives_the_same_events(parser_class, stream):
     for i in range(1, len(stream)):
         assert events_of(parser_class, [stream[:i], stream[i:]]) == whole, f"cut at {i}"
     assert events_of(parser_class, [stream[i:i + 1] for i in range(len(stream))]) == whole
-    # a memoryview over a larger buffer, as the worker feeds it
+    # the worker's shared read buffer, holding more than the read: only `length` bytes count
     buffer = bytearray(stream + b"garbage after the read")
+    p = parser_class()
+    p.feed(buffer, len(stream))
+    assert merged_bodies(p.events) == whole
     assert events_of(parser_class, [memoryview(buffer)[:len(stream)]]) == whole
 
 

@@ -230,7 +230,7 @@ class ClientConnection(Handler):
                 if n < READ_SIZE and not self.hup:
                     self.readable = False  # edge-triggered: new bytes bring a new event
                 try:
-                    self.parser.feed(state.read_view[:n])
+                    self.parser.feed(state.read_buf, n)
                 except ClientError as exc:
                     self._client_error(exc)
                     break
@@ -451,7 +451,6 @@ class ClientConnection(Handler):
         state = self.state
         parser = up.parser
         events = parser.events
-        view = state.read_view
         while up.readable and not self.out:
             try:
                 n = up.sock.recv_into(state.read_buf)
@@ -471,7 +470,7 @@ class ClientConnection(Handler):
                 else:
                     if n < READ_SIZE and not up.hup:
                         up.readable = False  # edge-triggered: new bytes bring a new event
-                    parser.feed(view[:n])
+                    parser.feed(state.read_buf, n)
             except UpstreamError as exc:
                 self._upstream_gone(f"upstream reset before response: {exc}")
                 return

@@ -20,7 +20,6 @@ class WorkerState:
         self.header_timeout = header_timeout
         self.idle_timeout = idle_timeout
         self.read_buf = bytearray(READ_SIZE)
-        self.read_view = memoryview(self.read_buf)
         self.draining = False
         self.drain_idle_grace = DRAIN_IDLE_GRACE
         self.connections: set = set()  # ClientConnection

@@ -188,11 +188,13 @@ cdef class _Parser:
         self.events.append(End(self._fields) if self._fields else END)
         return 0
 
-    cdef ll.llhttp_errno_t _execute(self, data) except *:
+    cdef ll.llhttp_errno_t _execute(self, data, Py_ssize_t length) except *:
         cdef Py_buffer buf
         PyObject_GetBuffer(data, &buf, PyBUF_SIMPLE)
-        self._fed = buf.len
-        err = ll.llhttp_execute(&self._p, <const char *>buf.buf, <size_t>buf.len)
+        if length < 0 or length > buf.len:
+            length = buf.len
+        self._fed = length
+        err = ll.llhttp_execute(&self._p, <const char *>buf.buf, <size_t>length)
         PyBuffer_Release(&buf)
         return err
 
@@ -362,9 +364,10 @@ cdef class RequestParser(_Parser):
                                    chunked or bool(length)))
         return 1 if self._p.upgrade else 0
 
-    def feed(self, data) -> None:
-        """Parse `data` (bytes or a buffer); raise ClientError on malformed or hostile input."""
-        err = self._execute(data)
+    def feed(self, data, Py_ssize_t length=-1) -> None:
+        """Parse `data` (bytes or a buffer; its first `length` bytes when given, which
+        spares the caller a slice); raise ClientError on malformed or hostile input."""
+        err = self._execute(data, length)
         if err != ll.HPE_OK:
             if err == ll.HPE_PAUSED_UPGRADE:
                 # the Request event says upgrade=True; the bytes after it are the new protocol's
@@ -451,9 +454,10 @@ cdef class ResponseParser(_Parser):
             return 0
         return _Parser._end(self)
 
-    def feed(self, data) -> None:
-        """Parse `data` (bytes or a buffer); raise UpstreamError on a malformed response."""
-        err = self._execute(data)
+    def feed(self, data, Py_ssize_t length=-1) -> None:
+        """Parse `data` (bytes or a buffer; its first `length` bytes when given); raise
+        UpstreamError on a malformed response."""
+        err = self._execute(data, length)
         if err != ll.HPE_OK:
             if err == ll.HPE_PAUSED_UPGRADE:
                 raise UpstreamError("upgrade response to a request that did not ask for one")
