@@ -534,7 +534,8 @@ class ClientConnection(Handler):
                 self._close()
             return
         self._wait_request()
-        self._resume()  # a pipelined request may be waiting in the parser
+        if self.parser.events or self.readable:
+            self._resume()  # a pipelined request waits in the parser, or unread bytes in the socket
 
     # ---- writing to the client -------------------------------------------------------------
 

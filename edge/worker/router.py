@@ -116,8 +116,11 @@ class _VhostIndex:
         self.suffix = [(n, {k: RouteIndex(r) for k, r in g.items()}) for n, g in sorted(suffix.items(), reverse=True)]
         self.prefix = [(n, {k: RouteIndex(r) for k, r in g.items()}) for n, g in sorted(prefix.items(), reverse=True)]
         self.star = RouteIndex(star) if star is not None else None
+        self.star_only = not self.exact and not self.suffix and not self.prefix  # no Host names configured
 
     def lookup(self, host: str) -> RouteIndex | None:
+        if self.star_only:
+            return self.star
         index = self.exact.get(host)
         if index is not None:
             return index
@@ -169,8 +172,10 @@ class RouteIndex:
         self.case_insensitive = bool(self.prefix_ci or self.exact_ci)
 
     def candidates(self, path: str) -> list[int]:
-        """Positions of the routes whose path may match, in precedence order."""
-        found: list[int] = []
+        """Positions of the routes whose path may match, in precedence order. The list
+        may be one of the index's own: callers read it and do not change it."""
+        found: list[int] | None = None
+        sources = 0  # hit lists joined into `found`: more than one needs a sort
         n = len(path)
         prefix = self.prefix
         for length in self.prefix_lengths:
@@ -178,10 +183,12 @@ class RouteIndex:
                 break
             hit = prefix.get(path[:length])
             if hit is not None:
-                found += hit
+                found = hit if found is None else found + hit
+                sources += 1
         hit = self.exact.get(path)
         if hit is not None:
-            found += hit
+            found = hit if found is None else found + hit
+            sources += 1
         if self.case_insensitive:
             lower = path.lower()
             for length in self.prefix_ci_lengths:
@@ -189,14 +196,19 @@ class RouteIndex:
                     break
                 hit = self.prefix_ci.get(lower[:length])
                 if hit is not None:
-                    found += hit
+                    found = hit if found is None else found + hit
+                    sources += 1
             hit = self.exact_ci.get(lower)
             if hit is not None:
-                found += hit
+                found = hit if found is None else found + hit
+                sources += 1
         if self.always:
-            found += self.always
-        if len(found) > 1:
-            found.sort()
+            found = self.always if found is None else found + self.always
+            sources += 1
+        if found is None:
+            return []
+        if sources > 1:
+            found.sort()  # a list made by the joins above, never one of the index's
         return found
 
 
@@ -248,7 +260,8 @@ class Router:
         index = self._vhosts.get(port)
         if index is None:
             return None
-        name = host.rsplit(":", 1)[0] if ":" in host and not host.endswith("]") else host
+        colon = host.rfind(":")
+        name = host[:colon] if colon >= 0 and not host.endswith("]") else host  # [v6] has no port
         vhost = index.lookup(name)
         if vhost is None:
             return None

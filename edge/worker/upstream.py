@@ -129,7 +129,9 @@ class Pool:
     def release(self, conn: UpstreamConn) -> None:
         """Take back a connection whose last exchange ended cleanly."""
         conn.owner = None
-        idle = self._idle.setdefault(conn.key, [])
+        idle = self._idle.get(conn.key)
+        if idle is None:
+            idle = self._idle[conn.key] = []
         if len(idle) >= MAX_IDLE_PER_ENDPOINT or conn.out or conn.readable:
             conn.close()  # unread bytes after a complete response: not reusable
             return
