@@ -1,6 +1,6 @@
 """wrk side by side: edge, nginx and haproxy as equivalent reverse proxies, one upstream.
 
-    python -m bench [--scenario NAME ...] [--duration 5] [--rounds 3] [--workers N]
+    python -m bench [--scenario NAME ...] [--duration 5] [--rounds 5] [--workers N]
 
 Starts one nginx upstream, nginx and haproxy as keep-alive reverse proxies (1 worker or
 thread each), edge with 1 worker and with N workers (10 Mappings), edge with 10,000
@@ -80,7 +80,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(prog="python -m bench")
     ap.add_argument("--scenario", action="append", choices=sorted(SCENARIOS), help="default: all")
     ap.add_argument("--duration", type=int, default=5)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--workers", type=int, default=os.cpu_count(), help="workers of edge-N")
     args = ap.parse_args()
     targets.require("wrk", "nginx", "haproxy")
