@@ -1,6 +1,7 @@
 # make run  : install into .venv, start a local upstream and `edge serve` on config/quickstart
 # make test : install into .venv (with test extras) and redis-server when missing, run the whole suite
-#             (the install compiles the HTTP/1 parser, edge/worker/proto/h1parser.pyx, with gcc)
+#             (the install compiles edge/worker/proto/h1parser.pyx and edge/worker/heads.pyx:
+#             gcc and the Python headers are installed when missing)
 # make bench: wrk side by side with nginx and haproxy, every scenario (installs wrk, nginx,
 #             haproxy and matplotlib when missing); BENCH_ARGS passes options to python -m bench
 PY ?= python3
@@ -17,6 +18,9 @@ $(BIN)/python:
 
 $(STAMP): $(BIN)/python setup.cfg setup.py pyproject.toml edge/worker/proto/h1parser.pyx edge/worker/proto/llhttp.pxd \
 	edge/worker/heads.pyx
+	@command -v gcc >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc >/dev/null)
+	@$(BIN)/python -c "import os, sysconfig; raise SystemExit(not os.path.exists(os.path.join(sysconfig.get_paths()['include'], 'Python.h')))" \
+		|| (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-dev >/dev/null)
 	$(BIN)/pip install -q -e '.[test]'
 	touch $(STAMP)
 
