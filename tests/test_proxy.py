@@ -112,3 +112,14 @@ def test_request_ids_are_version_4_uuids_and_unique():
     for rid in ids:
         assert re.fullmatch(rb"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}", rid), rid
     assert int(ids[1][-12:], 16) == (int(ids[0][-12:], 16) + 1) % (1 << 48)
+
+
+def test_a_head_part_that_is_not_bytes_is_a_type_error():
+    with pytest.raises(TypeError):
+        response_head(200, b"", [(b"x-a", None)], connection=NO_TOKENS, rules=_rules(), server=b"e",
+                      service_time_ms=None, framing=b"", close=False)
+    with pytest.raises(TypeError):
+        request_head(None, "/", "", [], connection=NO_TOKENS, client_ip="c", xfp=b"http", trust_xff=False,
+                     original_path=None, rules=_rules(), suppress_envoy=False, chunked=False, content_length=None)
+    assert response_head(200, b"", [(b"x-a", b"1")], connection=NO_TOKENS, rules=_rules(), server=b"e",
+                         service_time_ms=None, framing=b"", close=False).startswith(b"HTTP/1.1 200 OK\r\nx-a: 1\r\n")

@@ -9,19 +9,10 @@ from __future__ import annotations
 from http import HTTPStatus
 
 from edge.worker.proto.h1parser import RequestParser, ResponseParser
-from edge.worker.proto.messages import (
-    END,
-    Body,
-    ClientError,
-    End,
-    Request,
-    Response,
-    UpstreamError,
-    connection_tokens,
-)
+from edge.worker.proto.messages import Body, ClientError, End, Request, Response, UpstreamError
 
-__all__ = ["END", "Body", "ClientError", "End", "Request", "RequestParser", "Response", "ResponseParser",
-           "UpstreamError", "chunk", "connection_tokens", "last_chunk", "simple_response"]
+__all__ = ["Body", "ClientError", "End", "Request", "RequestParser", "Response", "ResponseParser", "UpstreamError",
+           "chunk", "last_chunk", "simple_response"]
 
 
 # ---- serialisation ---------------------------------------------------------------------
