@@ -585,7 +585,6 @@ class ClientConnection(Handler):
         self.reactor.unregister(self.fd)
         self.reactor.forget(self)
         self.sock.close()
-        self.parser.close()
         self.state.connections.discard(self)
 
 

@@ -78,7 +78,6 @@ class UpstreamConn(Handler):
             self.owner = None
             self.pool.reactor.unregister(self.fd)
             self.sock.close()
-            self.parser.close()
 
 
 class Pool:

@@ -77,7 +77,9 @@ cdef object _plain_length(list lengths, list codings):
 
 
 cdef object _tokens(list connection):
-    """connection_tokens, without a call for no Connection header or the usual one."""
+    """The tokens of the Connection headers: none for no header or for the usual single
+    keep-alive or close, which name no header of their own (Keep-Alive is hop-by-hop
+    anyway); else connection_tokens."""
     if not connection:
         return NO_TOKENS
     if len(connection) == 1:
@@ -212,10 +214,6 @@ cdef class _Parser:
             self._unfinished_bytes += self._fed
             return self._unfinished_bytes > self.max_head + UNFINISHED_HEAD_SLACK
         return False
-
-    def close(self):
-        """Nothing to free: llhttp's state lives in this object. Kept so that a connection
-        closes its parser whatever parser it holds."""
 
 
 # llhttp's callbacks: C functions that hand over to the parser object and keep its error.

@@ -66,11 +66,8 @@ END = End([])  # the end of a message without trailers (shared: never mutated)
 
 
 def framing(lengths: list, codings: list, is_request: bool, version: str):
-    """Check the Content-Length and Transfer-Encoding values; return (chunked, content_length)."""
-    if len(lengths) == 1 and not codings:
-        value = lengths[0]
-        if value.isdigit() and len(value) <= 18:
-            return False, int(value)
+    """Check the Content-Length and Transfer-Encoding values; return (chunked, content_length).
+    (The parser reads the usual single plain Content-Length itself and calls this for the rest.)"""
     error = ClientError if is_request else None
     content_length = None
     if lengths:
@@ -98,10 +95,8 @@ NO_TOKENS: frozenset = frozenset()
 
 
 def connection_tokens(values: list) -> frozenset:
-    """The lower-cased tokens of Connection header values. The two usual values name no
-    header of their own (Keep-Alive is hop-by-hop anyway)."""
-    if len(values) == 1 and values[0].lower() in (b"keep-alive", b"close"):
-        return NO_TOKENS
+    """The lower-cased tokens of Connection header values. (The parser answers NO_TOKENS
+    itself for the two usual values, which name no header of their own.)"""
     return frozenset(t.strip().lower() for v in values for t in v.split(b","))
 
 
