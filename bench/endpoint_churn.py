@@ -1,13 +1,15 @@
 """Endpoint churn from Kubernetes: changes absorbed per second and propagation time.
 
-    python -m bench.endpoint_churn [--rate 1000] [--duration 10] [--services 50] [--workers 2]
+    python -m bench.endpoint_churn [--rate 1000] [--probes 100] [--services 50] [--workers 2]
 
 edge (`--kubernetes`, 2 workers) watches the fake API server (tests/fakekube.py) with
 `services` Services, each behind a Mapping with the kubernetes-endpoint resolver. A writer
 thread replaces one of their EndpointSlices `rate` times per second (random ready pod
 addresses). Every 100 ms a probe Service's slice is switched between two real upstreams,
 and the time from that write to a request on /probe/ being answered by the new upstream
-is the propagation time. At the end every Service's endpoints in edge's published table
+is the propagation time. The churn goes on until `probes` propagations are measured,
+however long a slow machine takes for them, so the number of samples never depends on
+the machine's speed. At the end every Service's endpoints in edge's published table
 (/edge/v1/clusters) must equal the last slice written for it. The writes go straight into
 the fake's store (its watch streams are what edge reads, through the official client),
 so the writer's own HTTP cost does not limit the rate. Writes
@@ -90,8 +92,11 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / 100
 
 
-def run(rate: float, duration: float, services: int, workers: int, work: Path) -> ChurnResult:
-    """Run the scenario; raises AssertionError if edge does not come up."""
+def run(rate: float, probes: int, services: int, workers: int, work: Path,
+        max_seconds: float = 120.0) -> ChurnResult:
+    """Run the scenario until `probes` propagations are measured (a probe times out
+    after 5 s); raises AssertionError if edge does not come up or the probes take more
+    than `max_seconds` in all."""
     fake = FakeKube(history=100_000).start()
     ups = [Upstream("one"), Upstream("two")]
     slice_kind, result = fake.kind("EndpointSlice"), ChurnResult(rate)
@@ -150,9 +155,10 @@ def run(rate: float, duration: float, services: int, workers: int, work: Path) -
         publishes_before = _metric(admin, "edge_endpoint_publishes_total")
         writer = threading.Thread(target=churn)
         writer.start()
-        probe_end = time.monotonic() + duration
+        give_up = time.monotonic() + max_seconds
         turn = 1
-        while time.monotonic() < probe_end:
+        while len(result.propagation_ms) + result.probe_timeouts < probes:
+            assert time.monotonic() < give_up, f"{probes} probes took more than {max_seconds} s"
             target = ups[turn % 2]
             written = time.monotonic()
             _put(fake, slice_kind, _slice("probe", "probe", ["127.0.0.1"], target.port))
@@ -197,14 +203,14 @@ def _metric(admin: int, name: str) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rate", type=float, default=1000)
-    p.add_argument("--duration", type=float, default=10)
+    p.add_argument("--probes", type=int, default=100, help="propagations to measure (one per 100 ms at most)")
     p.add_argument("--services", type=int, default=50)
     p.add_argument("--workers", type=int, default=2)
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp) / "config"
         work.mkdir()
-        result = run(args.rate, args.duration, args.services, args.workers, work)
+        result = run(args.rate, args.probes, args.services, args.workers, work)
     summary = result.summary()
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "endpoint_churn.json").write_text(json.dumps(summary, indent=2) + "\n")
