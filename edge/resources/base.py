@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 AMBASSADOR_GROUP = "getambassador.io"
 SUPPORTED_VERSIONS = ("v3alpha1", "v2", "v1")
@@ -130,3 +130,53 @@ def str_labels(value: Any, field: str) -> dict[str, str]:
             raise Invalid(f"{field}.{k}", "must be a string")
         out[k] = str(v).lower() if isinstance(v, bool) else str(v)
     return out
+
+
+# ---- field tables: what edge does with each field of a kind ------------------------------
+
+HONOURED, DROP, WARN = "honoured", "drop", "warn"
+
+
+def _set(value) -> bool:
+    """A field the user turned on: not absent, false, empty or null."""
+    return value not in (None, False, "", 0, "false", "False") and value != {} and value != []
+
+
+def _always(value) -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class FieldRule:
+    """What edge does with one field of an input kind.
+
+    HONOURED: parsed and served. DROP: when `when(value)` holds, serving the object without
+    the field would send traffic somewhere else or answer differently than Emissary, so the
+    object is dropped with an error naming the field (`when` false: warn with `otherwise`,
+    or say nothing, e.g. `shadow: false`). WARN: tuning only; served without it, warned."""
+
+    kind: str
+    message: str = ""
+    when: Callable[[object], bool] = _set
+    otherwise: str = ""
+
+
+def check_fields(table: dict[str, FieldRule], spec: dict, path: str, what: str
+                 ) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(errors, warnings) as (field path, message) for `spec` by `table`; any error means
+    the object must not be served."""
+    errors, warnings = [], []
+    for name in sorted(spec, key=str):
+        rule = table.get(name)
+        value = spec[name]
+        where = f"{path}.{name}"
+        if rule is None:
+            warnings.append((where, f"not {what} edge knows; ignored"))
+        elif rule.kind == DROP:
+            if rule.when(value):
+                errors.append((where, rule.message))
+            elif rule.otherwise:
+                warnings.append((where, rule.otherwise))
+        elif rule.kind == WARN:
+            warnings.append((where, rule.message))
+    return errors, warnings

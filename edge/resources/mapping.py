@@ -8,7 +8,14 @@ from dataclasses import dataclass
 
 from edge.model import LabelAction, LabelGroup
 from edge.resources.base import (
+    DROP,
+    HONOURED,
+    WARN,
+    FieldRule,
     Invalid,
+    _always,
+    _set,
+    check_fields,
     RawObject,
     check_regex,
     opt_bool,
@@ -19,14 +26,105 @@ from edge.resources.base import (
 )
 from edge.resources.ratelimit import parse_labels
 
-KNOWN_FIELDS = frozenset({
-    "prefix", "prefix_regex", "prefix_exact", "case_sensitive", "hostname", "host", "host_regex",
-    "headers", "regex_headers", "query_parameters", "regex_query_parameters", "method",
-    "method_regex", "precedence", "rewrite", "regex_rewrite", "host_rewrite",
-    "add_request_headers", "add_response_headers", "remove_request_headers",
-    "remove_response_headers", "service", "weight", "timeout_ms", "connect_timeout_ms",
-    "idle_timeout_ms", "ambassador_id", "labels", "resolver",
-})
+
+def _drop(message: str, when=_set, otherwise: str = "") -> FieldRule:
+    return FieldRule(DROP, message, when, otherwise)
+
+
+def _warn(message: str) -> FieldRule:
+    return FieldRule(WARN, message, _always)
+
+
+def _affinity(value) -> bool:
+    """load_balancer policies that pin a client to an endpoint (edge balances round robin)."""
+    policy = value.get("policy") if isinstance(value, dict) else value
+    return str(policy).lower() in ("ring_hash", "maglev")
+
+
+_OK = FieldRule(HONOURED)
+_REDIRECT = ("redirect Mappings are not served by edge yet; Mapping dropped so the request is "
+             "never proxied to the redirect host")
+_UPGRADE = ("protocol upgrades (WebSocket, SPDY) are not served by edge yet; Mapping dropped so "
+            "upgrade requests do not get a 501 from an otherwise working route")
+
+# Every field of Emissary's v3alpha1 MappingSpec
+# (pkg/api/getambassador.io/v3alpha1/crd_mapping.go), plus the v2-only `rate_limits`.
+# tests/test_mapping_fields.py checks that none is missing.
+FIELDS: dict[str, FieldRule] = {
+    # matching, rewriting, headers, the upstream: served
+    "ambassador_id": _OK, "prefix": _OK, "prefix_regex": _OK, "prefix_exact": _OK,
+    "case_sensitive": _OK, "hostname": _OK, "host": _OK, "host_regex": _OK, "headers": _OK,
+    "regex_headers": _OK, "query_parameters": _OK, "regex_query_parameters": _OK, "method": _OK,
+    "precedence": _OK, "rewrite": _OK, "regex_rewrite": _OK, "host_rewrite": _OK,
+    "auto_host_rewrite": _OK, "add_linkerd_headers": _OK,
+    "add_request_headers": _OK, "add_response_headers": _OK, "remove_request_headers": _OK,
+    "remove_response_headers": _OK, "service": _OK, "weight": _OK, "timeout_ms": _OK,
+    "connect_timeout_ms": _OK, "idle_timeout_ms": _OK, "labels": _OK, "resolver": _OK,
+    # where traffic goes, or what answers: dropped until served
+    "shadow": _drop("shadow Mappings are not served by edge yet; Mapping dropped so the shadow "
+                    "service never answers clients"),
+    "host_redirect": _drop(_REDIRECT),
+    "path_redirect": _drop(_REDIRECT),
+    "prefix_redirect": _drop(_REDIRECT),
+    "regex_redirect": _drop(_REDIRECT),
+    "redirect_response_code": _drop(_REDIRECT),
+    "method_regex": _drop("method_regex is not served by edge yet; Mapping dropped so the method "
+                          "is not matched as a literal string"),
+    "allow_upgrade": _drop(_UPGRADE),
+    "use_websocket": _drop(_UPGRADE),
+    "grpc": _drop("gRPC upstreams (HTTP/2) are not served by edge yet; Mapping dropped so gRPC "
+                  "calls are not sent as HTTP/1.1"),
+    "tls": _drop("TLS to the upstream (an origination TLSContext) is not served by edge yet; "
+                 "Mapping dropped so traffic is never sent in clear text"),
+    "v2ExplicitTLS": _drop("TLS to the upstream (v2ExplicitTLS) is not served by edge yet; Mapping "
+                           "dropped so traffic is never sent in clear text"),
+    "cors": _drop("CORS is not served by edge yet; Mapping dropped so preflight requests are not "
+                  "proxied and no CORS headers are left out"),
+    "rate_limits": _drop("v2 rate_limits are not served by edge (use labels); Mapping dropped so "
+                         "its traffic is never unlimited"),
+    "envoy_override": _drop("envoy_override is raw Envoy route configuration, which edge cannot "
+                            "apply; Mapping dropped"),
+    "load_balancer": _drop("session affinity (ring_hash, maglev) is not served by edge yet; Mapping "
+                           "dropped so clients are not spread over endpoints they must not leave",
+                           when=_affinity,
+                           otherwise="edge balances round robin over the endpoints; policy ignored"),
+    "v2BoolHeaders": _drop("v2BoolHeaders (a converted v2 header-presence match) is not served by "
+                           "edge; Mapping dropped so the header is not matched by value"),
+    "v2BoolQueryParameters": _drop("v2BoolQueryParameters (a converted v2 presence match) is not "
+                                   "served by edge; Mapping dropped so the parameter is not matched "
+                                   "by value"),
+    # tuning: served without, with a warning
+    "bypass_auth": _warn("edge serves no AuthService; the request is not authenticated either way"),
+    "auth_context_extensions": _warn("edge serves no AuthService; ignored"),
+    "bypass_error_response_overrides": _warn("edge serves no error_response_overrides; ignored"),
+    "error_response_overrides": _warn("error responses are not rewritten by edge yet; the upstream's "
+                                      "and edge's own error bodies are sent as they are"),
+    "retry_policy": _warn("requests are not retried by edge yet (only a stale keep-alive connection "
+                          "is retried); ignored"),
+    "circuit_breakers": _warn("circuit breakers are not served by edge yet; ignored"),
+    "outlier_detection": _warn("outlier detection is not served by edge yet; ignored"),
+    "health_checks": _warn("active health checks are not served by edge yet; ignored"),
+    "keepalive": _warn("upstream TCP keepalive settings are not served by edge yet; ignored"),
+    "cluster_tag": _warn("clusters are named by service; the tag is ignored"),
+    "cluster_idle_timeout_ms": _warn("pooled upstream connections are kept by edge's own rule; ignored"),
+    "cluster_max_connection_lifetime_ms": _warn("upstream connection lifetime is not limited by edge "
+                                                "yet; ignored"),
+    "dns_type": _warn("names are resolved by edge's resolvers; ignored"),
+    "respect_dns_ttl": _warn("names are re-resolved on edge's DNS refresh interval; ignored"),
+    "enable_ipv4": _warn("address families follow the resolver; ignored"),
+    "enable_ipv6": _warn("address families follow the resolver; ignored"),
+    "priority": _warn("circuit-breaker priorities are not served by edge; ignored"),
+    "stats_name": _warn("statistics are named by cluster; ignored"),
+    "docs": _warn("the developer portal is not part of edge; ignored"),
+    "modules": _warn("per-Mapping modules are not served by edge; ignored"),
+}
+
+KNOWN_FIELDS = frozenset(name for name, rule in FIELDS.items() if rule.kind == HONOURED)
+
+
+def field_diagnostics(spec: dict) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(errors, warnings) as (field, message) for a Mapping's spec, from FIELDS."""
+    return check_fields(FIELDS, spec, "spec", "a Mapping field")
 
 
 @dataclass(frozen=True)
@@ -78,6 +176,8 @@ class MappingSpec:
     idle_timeout_ms: int | None
     resolver: str | None = None  # a resolver's name; None: the Module's default
     labels: tuple[LabelGroup, ...] = ()  # rate-limit label groups
+    auto_host_rewrite: bool = False  # the upstream Host is the service's host
+    add_linkerd_headers: bool | None = None  # None: the Module's add_linkerd_headers
 
 
 def parse_service(text: str, field: str = "spec.service") -> Service:
@@ -243,4 +343,7 @@ def parse_mapping(obj: RawObject, defaults: dict | None = None,
         idle_timeout_ms=opt_int(spec, "idle_timeout_ms", None, minimum=0),
         resolver=opt_str(spec, "resolver"),
         labels=parse_labels(spec.get("labels"), prepend=default_labels),
+        auto_host_rewrite=opt_bool(spec, "auto_host_rewrite", False),
+        add_linkerd_headers=None if spec.get("add_linkerd_headers") is None
+        else opt_bool(spec, "add_linkerd_headers", False),
     )

@@ -6,14 +6,99 @@ from dataclasses import dataclass
 
 from edge.model import Settings
 from edge.model import LabelAction
-from edge.resources.base import Invalid, RawObject, opt_bool, opt_dict, opt_int, opt_str
+from edge.resources.base import (
+    DROP,
+    HONOURED,
+    WARN,
+    FieldRule,
+    Invalid,
+    RawObject,
+    _always,
+    _set,
+    check_fields,
+    opt_bool,
+    opt_dict,
+    opt_int,
+    opt_str,
+)
 from edge.resources.ratelimit import parse_default_labels
 
-KNOWN_CONFIG = frozenset({
-    "defaults", "server_name", "cluster_request_timeout_ms", "max_request_headers_kb",
-    "merge_slashes", "strip_matching_host_port", "xff_num_trusted_hops",
-    "suppress_envoy_headers", "resolver", "default_labels", "default_label_domain",
-})
+
+def _drop(message: str, when=_set) -> FieldRule:
+    return FieldRule(DROP, message, when)
+
+
+def _warn(message: str) -> FieldRule:
+    return FieldRule(WARN, message, _always)
+
+
+def _affinity(value) -> bool:
+    policy = value.get("policy") if isinstance(value, dict) else value
+    return str(policy).lower() in ("ring_hash", "maglev")
+
+
+_OK = FieldRule(HONOURED)
+_NOT_YET = "not served by edge yet; ignored"
+
+# The ambassador Module's config keys that Emissary reads (python/ambassador/ir/irambassador.py:
+# AModTransparentKeys and the keys finalize() handles itself; the Module reference in the docs).
+# A DROP here drops the whole Module (its settings fall back to the defaults), with an error.
+CONFIG_FIELDS: dict[str, FieldRule] = {
+    "defaults": _OK, "server_name": _OK, "cluster_request_timeout_ms": _OK,
+    "max_request_headers_kb": _OK, "merge_slashes": _OK, "strip_matching_host_port": _OK,
+    "xff_num_trusted_hops": _OK, "suppress_envoy_headers": _OK, "resolver": _OK,
+    "default_labels": _OK, "default_label_domain": _OK, "add_linkerd_headers": _OK,
+    # change where traffic goes or who may pass
+    "use_ambassador_namespace_for_service_resolution": _drop(
+        "unqualified service names resolve in the Mapping's namespace in edge; Module dropped"),
+    "x_forwarded_proto_redirect": _drop("the redirect to https is not served by edge yet; Module dropped"),
+    "reject_requests_with_escaped_slashes": _drop(
+        "requests with escaped slashes are not refused by edge yet; Module dropped"),
+    "ip_allow": _drop("IP allow lists are not served by edge yet; Module dropped"),
+    "ip_deny": _drop("IP deny lists are not served by edge yet; Module dropped"),
+    "lua_scripts": _drop("Lua scripts cannot run in edge; Module dropped"),
+    "cors": _drop("CORS is not served by edge yet; Module dropped"),
+    "load_balancer": FieldRule(DROP, "session affinity (ring_hash, maglev) is not served by edge yet; "
+                               "Module dropped", _affinity,
+                               "edge balances round robin over the endpoints; policy ignored"),
+    # tuning
+    "diagnostics": _warn("the diag page is served on the admin address only; ignored"),
+    "liveness_probe": _warn("check_alive is served on the admin address only; ignored"),
+    "readiness_probe": _warn("check_ready is served on the admin address only; ignored"),
+    "admin_port": _warn("the admin address is set with --admin-addr; ignored"),
+    "diag_port": _warn("the admin address is set with --admin-addr; ignored"),
+    "service_port": _warn("ports come from Listeners; ignored"),
+    "auth_enabled": _warn(_NOT_YET),
+    "circuit_breakers": _warn(_NOT_YET), "retry_policy": _warn(_NOT_YET), "keepalive": _warn(_NOT_YET),
+    "error_response_overrides": _warn(_NOT_YET), "gzip": _warn(_NOT_YET), "buffer": _warn(_NOT_YET),
+    "enable_grpc_http11_bridge": _warn(_NOT_YET), "enable_grpc_web": _warn(_NOT_YET),
+    "grpc_stats": _warn(_NOT_YET), "enable_http10": _warn(_NOT_YET),
+    "enable_ipv4": _warn(_NOT_YET), "enable_ipv6": _warn(_NOT_YET),
+    "envoy_log_type": _warn("edge has no Envoy access log; ignored"),
+    "envoy_log_path": _warn("edge has no Envoy access log; ignored"),
+    "envoy_log_format": _warn("edge has no Envoy access log; ignored"),
+    "envoy_validation_timeout": _warn("edge has no Envoy; ignored"),
+    "cluster_idle_timeout_ms": _warn(_NOT_YET), "cluster_max_connection_lifetime_ms": _warn(_NOT_YET),
+    "listener_idle_timeout_ms": _warn("the client idle timeout is set with --idle-timeout; ignored"),
+    "regex_max_size": _warn(_NOT_YET), "regex_type": _warn(_NOT_YET), "debug_mode": _warn(_NOT_YET),
+    "statsd": _warn("statsd is configured by STATSD_* variables; ignored"),
+    "use_proxy_proto": _warn("PROXY protocol is a Listener setting; ignored"),
+    "use_remote_address": _warn(_NOT_YET),
+    "header_case_order": _warn(_NOT_YET), "proper_case": _warn(_NOT_YET),
+    "preserve_external_request_id": _warn(_NOT_YET), "forward_client_cert_details": _warn(_NOT_YET),
+    "set_current_client_cert_details": _warn(_NOT_YET), "allow_chunked_length": _warn(_NOT_YET),
+    "headers_with_underscores_action": _warn(_NOT_YET), "istio": _warn(_NOT_YET),
+}
+
+KNOWN_CONFIG = frozenset(name for name, rule in CONFIG_FIELDS.items() if rule.kind == HONOURED)
+
+
+def config_diagnostics(obj: RawObject) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(errors, warnings) for the Module's config keys, from CONFIG_FIELDS."""
+    config = obj.spec.get("config")
+    if not isinstance(config, dict):
+        return [], []
+    return check_fields(CONFIG_FIELDS, config, "spec.config", "a Module config key")
 
 
 @dataclass(frozen=True)
@@ -23,6 +108,7 @@ class ModuleSpec:
     request_timeout_ms: int | None
     resolver: str | None = None  # the default resolver's name
     default_labels: dict[str, tuple[LabelAction, ...]] | None = None  # domain -> labels put first
+    add_linkerd_headers: bool = False
 
 
 def parse_module(obj: RawObject) -> ModuleSpec:
@@ -45,4 +131,5 @@ def parse_module(obj: RawObject) -> ModuleSpec:
     )
     return ModuleSpec(settings, mapping_defaults,
                       opt_int(config, "cluster_request_timeout_ms", None, p, minimum=0),
-                      opt_str(config, "resolver", None, p), parse_default_labels(config, p))
+                      opt_str(config, "resolver", None, p), parse_default_labels(config, p),
+                      opt_bool(config, "add_linkerd_headers", False, p))

@@ -33,8 +33,8 @@ from edge.resources.base import Invalid, RawObject, ambassador_ids
 from edge.resources.host import LATER_FIELDS, HostSpec, parse_host
 from edge.resources.listener import ListenerSpec as ListenerInput
 from edge.resources.listener import parse_listener
-from edge.resources.mapping import KNOWN_FIELDS, MappingSpec, parse_mapping
-from edge.resources.module import ModuleSpec, parse_module
+from edge.resources.mapping import MappingSpec, field_diagnostics, parse_mapping
+from edge.resources.module import ModuleSpec, config_diagnostics, parse_module
 from edge.resources.ratelimit import parse_ratelimit
 from edge.resources.resolver import BUILT_IN, CONSUL, SERVICE, ResolverSpec, parse_resolver
 from edge.resources.resolver import KINDS as RESOLVER_KINDS
@@ -121,6 +121,13 @@ def select(objects: Iterable[RawObject], options: CompileOptions, diags: _Diags)
 def compile_module(objs: list[RawObject], diags: _Diags) -> ModuleSpec:
     module = ModuleSpec(Settings(), {}, None)
     for obj in objs:
+        errors, warnings = config_diagnostics(obj)
+        for field, message in warnings:
+            diags.add("warning", obj, field, message)
+        if errors:
+            for field, message in errors:
+                diags.add("error", obj, field, message)
+            continue
         try:
             module = parse_module(obj)
         except Invalid as exc:
@@ -210,9 +217,18 @@ class _Mapping:
 def compile_mappings(objs: list[RawObject], module: ModuleSpec, resolvers: _Resolvers,
                      diags: _Diags) -> list[_Mapping]:
     out = []
+    defaults = module.mapping_defaults
     for obj in objs:
+        errors, warnings = field_diagnostics(obj.spec)
+        if defaults:  # what the Module's defaults.httpmapping gives this Mapping counts too
+            inherited = field_diagnostics({k: v for k, v in defaults.items() if k not in obj.spec})
+            errors += [(f, m + " (from the Module's defaults.httpmapping)") for f, m in inherited[0]]
+        if errors:
+            for field, message in errors:
+                diags.add("error", obj, field, message)
+            continue
         try:
-            spec = parse_mapping(obj, module.mapping_defaults, module.default_labels)
+            spec = parse_mapping(obj, defaults, module.default_labels)
         except Invalid as exc:
             diags.add("error", obj, exc.field, exc.message)
             continue
@@ -220,8 +236,8 @@ def compile_mappings(objs: list[RawObject], module: ModuleSpec, resolvers: _Reso
         if resolver is None:
             diags.add("error", obj, "spec.resolver", f"no resolver named {spec.resolver!r}; Mapping dropped")
             continue
-        for key in sorted(set(obj.spec) - KNOWN_FIELDS):
-            diags.add("warning", obj, f"spec.{key}", "field is not supported by edge; ignored")
+        for field, message in warnings:
+            diags.add("warning", obj, field, message)
         out.append(_Mapping(obj, spec, resolver))
     return out
 
@@ -286,6 +302,18 @@ def _ops(adds) -> tuple[HeaderOp, ...]:
     return tuple(HeaderOp(a.name, a.value, a.append) for a in adds)
 
 
+def _linkerd(m: _Mapping, module: ModuleSpec) -> tuple[HeaderOp, ...]:
+    """Emissary's add_linkerd_headers (the Mapping's, else the Module's): l5d-dst-override
+    names the service as host:port, replacing any the client sent."""
+    on = m.spec.add_linkerd_headers
+    if not (module.add_linkerd_headers if on is None else on):
+        return ()
+    svc = m.spec.service
+    port = svc.port_name or str(svc.port)
+    host = f"[{svc.host}]" if ":" in svc.host else svc.host
+    return (HeaderOp("l5d-dst-override", f"{host}:{port}", False),)
+
+
 def build_routes(mappings: list[_Mapping], module: ModuleSpec, diags: _Diags) -> tuple[list[tuple[Route, list[_Mapping]]], list[Cluster]]:
     groups: dict[tuple, list[_Mapping]] = defaultdict(list)
     for m in mappings:
@@ -316,8 +344,8 @@ def build_routes(mappings: list[_Mapping], module: ModuleSpec, diags: _Diags) ->
                 rewrite=s.rewrite,
                 regex_rewrite_pattern=s.regex_rewrite[0] if s.regex_rewrite else None,
                 regex_rewrite_substitution=s.regex_rewrite[1] if s.regex_rewrite else "",
-                host_rewrite=s.host_rewrite,
-                add_request_headers=_ops(s.add_request_headers),
+                host_rewrite=s.host_rewrite if s.host_rewrite or not s.auto_host_rewrite else s.service.host,
+                add_request_headers=_ops(s.add_request_headers) + _linkerd(m, module),
                 add_response_headers=_ops(s.add_response_headers),
                 remove_request_headers=s.remove_request_headers,
                 remove_response_headers=s.remove_response_headers,

@@ -1,0 +1,181 @@
+"""The one declaration of what edge does with each Mapping (and Module config) field:
+every field of Emissary's v3alpha1 schema is in the table, and compile's diagnostics
+follow it (a DROP field drops the Mapping with an error; a WARN field warns)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from edge.resources.base import DROP, HONOURED, WARN, RawObject
+from edge.resources.mapping import FIELDS, KNOWN_FIELDS
+from edge.resources.module import CONFIG_FIELDS, KNOWN_CONFIG
+from edge.supervisor.compile import compile
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# The json names of Emissary's MappingSpec, in its order, from
+# emissary-ingress/emissary pkg/api/getambassador.io/v3alpha1/crd_mapping.go
+# (commit 090de259653eb1537e6baf2682cf1c5e317dc6cc), with what edge does with each.
+EMISSARY_V3ALPHA1_MAPPING = [
+    ("ambassador_id", HONOURED), ("prefix", HONOURED), ("prefix_regex", HONOURED),
+    ("prefix_exact", HONOURED), ("service", HONOURED), ("add_request_headers", HONOURED),
+    ("add_response_headers", HONOURED), ("add_linkerd_headers", HONOURED),
+    ("auto_host_rewrite", HONOURED), ("case_sensitive", HONOURED), ("dns_type", WARN),
+    ("docs", WARN), ("enable_ipv4", WARN), ("enable_ipv6", WARN), ("circuit_breakers", WARN),
+    ("keepalive", WARN), ("cors", DROP), ("retry_policy", WARN), ("respect_dns_ttl", WARN),
+    ("grpc", DROP), ("host_redirect", DROP), ("host_rewrite", HONOURED), ("method", HONOURED),
+    ("method_regex", DROP), ("outlier_detection", WARN), ("path_redirect", DROP),
+    ("prefix_redirect", DROP), ("regex_redirect", DROP), ("redirect_response_code", DROP),
+    ("priority", WARN), ("precedence", HONOURED), ("cluster_tag", WARN),
+    ("remove_request_headers", HONOURED), ("remove_response_headers", HONOURED),
+    ("resolver", HONOURED), ("rewrite", HONOURED), ("regex_rewrite", HONOURED), ("shadow", DROP),
+    ("connect_timeout_ms", HONOURED), ("cluster_idle_timeout_ms", WARN),
+    ("cluster_max_connection_lifetime_ms", WARN), ("timeout_ms", HONOURED),
+    ("idle_timeout_ms", HONOURED), ("tls", DROP), ("health_checks", WARN), ("use_websocket", DROP),
+    ("allow_upgrade", DROP), ("weight", HONOURED), ("bypass_auth", WARN),
+    ("auth_context_extensions", WARN), ("bypass_error_response_overrides", WARN),
+    ("error_response_overrides", WARN), ("modules", WARN), ("host", HONOURED),
+    ("host_regex", HONOURED), ("hostname", HONOURED), ("headers", HONOURED),
+    ("regex_headers", HONOURED), ("labels", HONOURED), ("envoy_override", DROP),
+    ("load_balancer", DROP), ("query_parameters", HONOURED), ("regex_query_parameters", HONOURED),
+    ("stats_name", WARN), ("v2ExplicitTLS", DROP), ("v2BoolHeaders", DROP),
+    ("v2BoolQueryParameters", DROP),
+]
+# v2 Mapping fields that v3alpha1 no longer has
+EMISSARY_V2_ONLY = [("rate_limits", DROP)]
+
+
+@pytest.mark.parametrize("name, kind", EMISSARY_V3ALPHA1_MAPPING + EMISSARY_V2_ONLY)
+def test_every_emissary_mapping_field_is_declared(name, kind):
+    assert name in FIELDS, f"Emissary's Mapping field {name!r} is missing from edge.resources.mapping.FIELDS"
+    assert FIELDS[name].kind == kind
+    assert FIELDS[name].kind == HONOURED or FIELDS[name].message
+
+
+def test_the_table_has_nothing_but_emissary_fields():
+    assert set(FIELDS) == {n for n, _ in EMISSARY_V3ALPHA1_MAPPING + EMISSARY_V2_ONLY}
+    assert KNOWN_FIELDS == {n for n, k in FIELDS.items() if k.kind == HONOURED}
+
+
+def test_the_shipped_crd_fields_are_all_declared():
+    # config/kubernetes/crds.yaml types a subset of Emissary's fields: each is in the table
+    docs = [d for d in yaml.safe_load_all((ROOT / "config/kubernetes/crds.yaml").read_text()) if d]
+    crd = next(d for d in docs if d["metadata"]["name"] == "mappings.getambassador.io")
+    for version in crd["spec"]["versions"]:
+        props = version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+        assert set(props) <= set(FIELDS), set(props) - set(FIELDS)
+
+
+def _mapping(name="m", **spec) -> RawObject:
+    return RawObject("Mapping", "default", name, "t.yaml", {"prefix": "/p/", "service": "up:8080", **spec})
+
+
+def _module(**config) -> RawObject:
+    return RawObject("Module", "default", "ambassador", "t.yaml", {"config": config})
+
+
+# a value that turns each DROP field on
+ON = {
+    "shadow": True, "host_redirect": True, "path_redirect": "/x", "prefix_redirect": "/x",
+    "regex_redirect": {"pattern": "a", "substitution": "b"}, "redirect_response_code": 302,
+    "method_regex": True, "allow_upgrade": ["websocket"], "use_websocket": True, "grpc": True,
+    "tls": "upstream-ctx", "v2ExplicitTLS": {"tls": "x"}, "cors": {"origins": ["*"]},
+    "rate_limits": [{"descriptor": "a"}], "envoy_override": {"a": 1},
+    "load_balancer": {"policy": "ring_hash", "header": "x-user"}, "v2BoolHeaders": ["x-a"],
+    "v2BoolQueryParameters": ["q"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(n for n, r in FIELDS.items() if r.kind == DROP))
+def test_a_drop_field_drops_the_mapping_with_an_error_naming_it(name):
+    table, diags = compile([_mapping(**{name: ON[name]}), _mapping("other", prefix="/other/")])
+    assert [t.mapping for r in table.routes for t in r.targets] == ["default/other"]
+    errors = [d for d in diags if d.severity == "error"]
+    assert [(d.name, d.field) for d in errors] == [("m", f"spec.{name}")]
+    assert "not served" in errors[0].message or "cannot" in errors[0].message
+
+
+def test_shadow_message():
+    _, diags = compile([_mapping(shadow=True)])
+    assert [d.message for d in diags] == [
+        "shadow Mappings are not served by edge yet; Mapping dropped so the shadow service never answers clients"]
+
+
+@pytest.mark.parametrize("spec", [{"shadow": False}, {"host_redirect": False}, {"grpc": False}, {"tls": ""},
+                                  {"method_regex": False}, {"allow_upgrade": []}])
+def test_a_drop_field_turned_off_is_served_without_a_word(spec):
+    table, diags = compile([_mapping(**spec)])
+    assert len(table.routes) == 1 and diags == []
+
+
+def test_round_robin_load_balancer_is_served_with_a_warning():
+    table, diags = compile([_mapping(load_balancer={"policy": "round_robin"})])
+    assert len(table.routes) == 1
+    assert [(d.severity, d.field) for d in diags] == [("warning", "spec.load_balancer")]
+
+
+@pytest.mark.parametrize("name", sorted(n for n, r in FIELDS.items() if r.kind == WARN))
+def test_a_warn_field_is_served_with_a_warning(name):
+    table, diags = compile([_mapping(**{name: {"x": 1}})])
+    assert len(table.routes) == 1
+    assert [(d.severity, d.field, d.message) for d in diags] == [("warning", f"spec.{name}", FIELDS[name].message)]
+
+
+def test_an_unknown_field_warns():
+    table, diags = compile([_mapping(not_a_field=1)])
+    assert len(table.routes) == 1
+    assert [(d.severity, d.field) for d in diags] == [("warning", "spec.not_a_field")]
+
+
+def test_a_drop_field_from_the_module_defaults_drops_the_mapping():
+    table, diags = compile([_module(defaults={"httpmapping": {"shadow": True}}), _mapping()])
+    assert table.routes == ()
+    assert [(d.severity, d.kind, d.field) for d in diags] == [("error", "Mapping", "spec.shadow")]
+    assert "defaults.httpmapping" in diags[0].message
+
+
+def test_edge_check_exits_1_on_a_dropped_field(tmp_path):
+    from io import StringIO
+
+    from edge.cli import check
+
+    (tmp_path / "m.yaml").write_text(
+        "apiVersion: getambassador.io/v3alpha1\nkind: Mapping\nmetadata: {name: s}\n"
+        "spec: {prefix: /, service: up, shadow: true}\n")
+    out = StringIO()
+    assert check([str(tmp_path)], "default", "default", out) == 1
+    assert "field spec.shadow: shadow Mappings are not served" in out.getvalue()
+    (tmp_path / "m.yaml").write_text(
+        "apiVersion: getambassador.io/v3alpha1\nkind: Mapping\nmetadata: {name: s}\n"
+        "spec: {prefix: /, service: up, docs: {path: /doc}}\n")
+    assert check([str(tmp_path)], "default", "default", StringIO()) == 0
+
+
+# ---- the Module ---------------------------------------------------------------------------
+
+def test_module_table():
+    assert KNOWN_CONFIG == {n for n, r in CONFIG_FIELDS.items() if r.kind == HONOURED}
+    for name, rule in CONFIG_FIELDS.items():
+        assert rule.kind == HONOURED or rule.message, name
+
+
+@pytest.mark.parametrize("name, value", [
+    ("use_ambassador_namespace_for_service_resolution", True), ("x_forwarded_proto_redirect", True),
+    ("reject_requests_with_escaped_slashes", True), ("ip_allow", [{"peer": "127.0.0.1"}]),
+    ("ip_deny", [{"remote": "10.0.0.0/8"}]), ("lua_scripts", "x"), ("cors", {"origins": ["*"]}),
+    ("load_balancer", {"policy": "maglev"}),
+])
+def test_a_module_field_that_changes_routing_drops_the_module(name, value):
+    table, diags = compile([_module(server_name="mine", **{name: value}), _mapping()])
+    assert table.settings.server_name == "edge"  # the Module is not applied
+    assert [(d.severity, d.field) for d in diags] == [("error", f"spec.config.{name}")]
+
+
+@pytest.mark.parametrize("name", ["gzip", "envoy_log_type", "statsd", "retry_policy", "diag_port", "no_such_key"])
+def test_a_module_tuning_field_warns(name):
+    table, diags = compile([_module(server_name="mine", **{name: {"a": 1}}), _mapping()])
+    assert table.settings.server_name == "mine"
+    assert [(d.severity, d.field) for d in diags] == [("warning", f"spec.config.{name}")]
