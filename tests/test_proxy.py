@@ -35,12 +35,12 @@ def test_rewrite():
     assert rewrite_path("/a/b", 3, "/x/", re.compile("/a/(.*)"), r"/z/\1") == "/z/b"
 
 
-def _rules(**kw):
+def _rules(suppress_envoy=False, **kw):
     base = dict(mapping="default/m", cluster="c", weight=100, rewrite="/", regex_rewrite_pattern=None,
                 regex_rewrite_substitution="", host_rewrite=None, add_request_headers=(), add_response_headers=(),
                 remove_request_headers=(), remove_response_headers=(), timeout_ms=3000, idle_timeout_ms=0)
     base.update(kw)
-    return header_rules(Target(**base))
+    return header_rules(Target(**base), suppress_envoy)
 
 
 def test_request_head_hop_by_hop_and_forwarding():
@@ -55,7 +55,7 @@ def test_request_head_hop_by_hop_and_forwarding():
         assert gone not in head
     assert b"x-forwarded-for: 1.2.3.4, 127.0.0.9\r\n" in head and b"x-forwarded-proto: http\r\n" in head
     assert b"x-request-id: r\r\n" in head and b"x-envoy-original-path: /api/x?q=1\r\n" in head
-    assert head.endswith(b"x-a: 1\r\n\r\n")
+    assert head.endswith(b"x-a: 1\r\nx-envoy-expected-rq-timeout-ms: 3000\r\n\r\n")
 
 
 def test_response_head():
@@ -67,7 +67,7 @@ def test_response_head():
 
 
 def test_request_head_bytes():
-    rules = _rules(host_rewrite="inner.svc", add_request_headers=(HeaderOp("x-add", "1", True),))
+    rules = _rules(suppress_envoy=True, host_rewrite="inner.svc", add_request_headers=(HeaderOp("x-add", "1", True),))
     head = request_head(b"POST", "/up", "", [(b"host", b"outer"), (b"x-forwarded-proto", b"https"), (b"a", b"")],
                         connection=NO_TOKENS, client_ip="10.0.0.1", xfp=b"http", trust_xff=True,
                         original_path=None, rules=rules, suppress_envoy=True, chunked=False, content_length=1234567)
@@ -78,7 +78,8 @@ def test_request_head_bytes():
                            xfp=b"http", trust_xff=False, original_path="/orig", rules=_rules(), suppress_envoy=False,
                            chunked=True, content_length=None)
     assert chunked == (b"PUT /?a=1 HTTP/1.1\r\nx-request-id: mine\r\nx-forwarded-for: ::1\r\nx-forwarded-proto: http\r\n"
-                       b"x-envoy-original-path: /orig\r\ntransfer-encoding: chunked\r\n\r\n")
+                       b"x-envoy-original-path: /orig\r\nx-envoy-expected-rq-timeout-ms: 3000\r\n"
+                       b"transfer-encoding: chunked\r\n\r\n")
     zero = request_head(b"GET", "/", "", [(b"x-request-id", b"r")], connection=NO_TOKENS, client_ip="c", xfp=b"http",
                         trust_xff=False, original_path=None, rules=_rules(), suppress_envoy=False, chunked=False,
                         content_length=0)
@@ -123,3 +124,50 @@ def test_a_head_part_that_is_not_bytes_is_a_type_error():
                      original_path=None, rules=_rules(), suppress_envoy=False, chunked=False, content_length=None)
     assert response_head(200, b"", [(b"x-a", b"1")], connection=NO_TOKENS, rules=_rules(), server=b"e",
                          service_time_ms=None, framing=b"", close=False).startswith(b"HTTP/1.1 200 OK\r\nx-a: 1\r\n")
+
+
+# ---- Envoy's own headers, decided once per target ------------------------------------------
+
+def _head(rules, headers=(), original_path="/orig", suppress_envoy=False):
+    return request_head(b"GET", "/", "", [(b"x-request-id", b"r"), *headers], connection=NO_TOKENS,
+                        client_ip="c", xfp=b"http", trust_xff=False, original_path=original_path, rules=rules,
+                        suppress_envoy=suppress_envoy, chunked=False, content_length=None)
+
+
+@pytest.mark.parametrize("rules_kw, suppress, expected", [
+    # the route timeout in ms, as Envoy sends it
+    ({"timeout_ms": 3000}, False, b"x-envoy-original-path: /orig\r\nx-envoy-expected-rq-timeout-ms: 3000\r\n\r\n"),
+    ({"timeout_ms": 250}, False, b"x-envoy-original-path: /orig\r\nx-envoy-expected-rq-timeout-ms: 250\r\n\r\n"),
+    # timeout 0 disables the timeout: Envoy sends no header
+    ({"timeout_ms": 0}, False, b"x-forwarded-proto: http\r\nx-envoy-original-path: /orig\r\n\r\n"),
+    # suppress_envoy_headers: neither Envoy header
+    ({"timeout_ms": 3000}, True, b"x-forwarded-proto: http\r\n\r\n"),
+    # a Mapping's remove_request_headers can remove it too
+    ({"timeout_ms": 3000, "remove_request_headers": ("x-envoy-expected-rq-timeout-ms",)}, False,
+     b"x-forwarded-proto: http\r\nx-envoy-original-path: /orig\r\n\r\n"),
+])
+def test_expected_rq_timeout_header(rules_kw, suppress, expected):
+    head = _head(_rules(suppress_envoy=suppress, **rules_kw), suppress_envoy=suppress)
+    assert head.endswith(expected), head
+    assert head.count(b"x-envoy-expected-rq-timeout-ms") == expected.count(b"x-envoy-expected-rq-timeout-ms")
+
+
+def test_expected_rq_timeout_from_the_client_is_replaced():
+    head = _head(_rules(timeout_ms=500), headers=[(b"x-envoy-expected-rq-timeout-ms", b"99999")])
+    assert b"99999" not in head and head.count(b"x-envoy-expected-rq-timeout-ms: 500\r\n") == 1
+
+
+def test_expected_rq_timeout_is_rendered_into_the_rules_once():
+    rules = _rules(timeout_ms=3000, add_request_headers=(HeaderOp("x-a", "1", True),))
+    assert rules.request_add == b"x-a: 1\r\nx-envoy-expected-rq-timeout-ms: 3000\r\n"
+
+
+@pytest.mark.parametrize("rules_kw, suppress, service_time", [
+    ({}, False, True),
+    ({}, True, False),  # suppress_envoy_headers
+    ({"remove_response_headers": ("x-envoy-upstream-service-time",)}, False, False),
+    ({"remove_response_headers": ("x-other",)}, False, True),
+])
+def test_upstream_service_time_can_be_removed(rules_kw, suppress, service_time):
+    rules = _rules(suppress_envoy=suppress, **rules_kw)
+    assert rules.service_time is service_time

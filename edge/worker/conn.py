@@ -507,16 +507,15 @@ class ClientConnection(Handler):
 
     def _response_head(self, resp: Response) -> bytes:
         req = self.req
-        settings = self.router.settings
+        rules = self.target.headers
         framing, self.to_chunked, close_delimited = _framing(req, resp)
         self.close_client = (not req.keep_alive or close_delimited or self.state.draining
                              or not self.request_sent)  # an unread body poisons the stream
         self.keep_upstream = resp.keep_alive
-        service_ms = None if settings.suppress_envoy_headers else int((time.monotonic() - self.sent_at) * 1000)
+        service_ms = int((time.monotonic() - self.sent_at) * 1000) if rules.service_time else None
         self.response_started = True
         return response_head(resp.status, resp.reason, resp.headers, connection=resp.connection,
-                             rules=self.target.headers,
-                             server=self.router.server, service_time_ms=service_ms,
+                             rules=rules, server=self.router.server, service_time_ms=service_ms,
                              framing=framing, close=self.close_client, extra=self.extra_response)
 
     def _end_exchange(self) -> None:

@@ -105,9 +105,15 @@ class HeaderRules:
     host_rewrite: bytes | None
     response_drop: frozenset
     response_add: bytes
+    # x-envoy-upstream-service-time goes to the client: not with suppress_envoy_headers,
+    # nor when the target's remove_response_headers names it
+    service_time: bool = True
 
 
-def header_rules(t: Target) -> HeaderRules:
+def header_rules(t: Target, suppress_envoy: bool = False) -> HeaderRules:
+    """`suppress_envoy`: the Module's suppress_envoy_headers. Envoy's
+    x-envoy-expected-rq-timeout-ms (the route timeout, absent when it is disabled) is
+    rendered here, once, into the request lines."""
     def rendered(ops) -> bytes:
         return b"".join(b"%b: %b\r\n" % (op.name.encode(), op.value.encode()) for op in ops)
 
@@ -116,10 +122,14 @@ def header_rules(t: Target) -> HeaderRules:
 
     return HeaderRules(
         request_drop=HOP_BY_HOP | {n.encode() for n in t.remove_request_headers}
-        | replaced(t.add_request_headers) | {b"content-length", b"expect"},
-        request_add=rendered(t.add_request_headers),
+        | replaced(t.add_request_headers) | {b"content-length", b"expect", b"x-envoy-expected-rq-timeout-ms"},
+        request_add=rendered(t.add_request_headers) + (
+            b"x-envoy-expected-rq-timeout-ms: %d\r\n" % t.timeout_ms
+            if t.timeout_ms and not suppress_envoy
+            and "x-envoy-expected-rq-timeout-ms" not in t.remove_request_headers else b""),
         host_rewrite=t.host_rewrite.encode() if t.host_rewrite else None,
         response_drop=HOP_BY_HOP | {n.encode() for n in t.remove_response_headers}
         | replaced(t.add_response_headers) | {b"content-length", b"server"},
         response_add=rendered(t.add_response_headers),
+        service_time=not suppress_envoy and "x-envoy-upstream-service-time" not in t.remove_response_headers,
     )

@@ -30,7 +30,7 @@ class CompiledRoute:
     __slots__ = ("route", "order", "kind", "path", "regex", "method", "host", "host_kind", "host_re",
                  "headers", "query", "targets", "case_sensitive")
 
-    def __init__(self, route: Route, order: int = 0):
+    def __init__(self, route: Route, order: int = 0, suppress_envoy: bool = False):
         self.route = route
         self.order = order  # position in the table: the precedence order
         self.kind = route.path_kind
@@ -53,7 +53,7 @@ class CompiledRoute:
                              for m in route.headers)
         self.query = tuple((m.name, m.value, re.compile(m.value) if m.regex else None) for m in route.query)
         self.targets = tuple(CompiledTarget(t, re.compile(t.regex_rewrite_pattern) if t.regex_rewrite_pattern else None,
-                                            header_rules(t), all(a.kind != "request_headers" for g in t.labels
+                                            header_rules(t, suppress_envoy), all(a.kind != "request_headers" for g in t.labels
                                                                  for a in g.actions))
                              for t in route.targets)
 
@@ -224,7 +224,8 @@ class Router:
         self.clusters: dict[str, Cluster] = {c.name: c for c in table.clusters}
         # None without limits: the hot path tests it without a call
         self.rate_limits = RuleIndex(table.rate_limits) if table.rate_limits else None
-        compiled = [CompiledRoute(r, order) for order, r in enumerate(table.routes)]
+        suppress = table.settings.suppress_envoy_headers
+        compiled = [CompiledRoute(r, order, suppress) for order, r in enumerate(table.routes)]
         self.listeners: dict[int, ListenerSpec] = {}
         self._vhosts: dict[int, _VhostIndex] = {}
         for listener in table.listeners:
