@@ -179,3 +179,43 @@ def test_a_module_tuning_field_warns(name):
     table, diags = compile([_module(server_name="mine", **{name: {"a": 1}}), _mapping()])
     assert table.settings.server_name == "mine"
     assert [(d.severity, d.field) for d in diags] == [("warning", f"spec.config.{name}")]
+
+
+# ---- Module defaults.httpmapping: a Mapping's own value replaces the default whole ---------
+
+DEFAULTS = {"add_request_headers": {"x-default": "1"}, "remove_response_headers": ["x-secret"],
+            "add_response_headers": {"x-d": "d"}}
+
+
+@pytest.mark.parametrize("spec, request_adds, response_removes, response_adds", [
+    ({}, ("x-default",), ("x-secret",), ("x-d",)),  # the defaults apply
+    ({"add_request_headers": {"x-mine": "2"}}, ("x-mine",), ("x-secret",), ("x-d",)),  # replaced, not merged
+    ({"add_request_headers": {}}, (), ("x-secret",), ("x-d",)),  # an empty map removes the default's
+    ({"remove_response_headers": []}, ("x-default",), (), ("x-d",)),  # an empty list too
+    ({"remove_response_headers": ["x-other"], "add_response_headers": {}}, ("x-default",), ("x-other",), ()),
+])
+def test_mapping_values_replace_the_module_defaults(spec, request_adds, response_removes, response_adds):
+    table, diags = compile([_module(defaults={"httpmapping": DEFAULTS}), _mapping(**spec)])
+    assert diags == []
+    (t,) = table.routes[0].targets
+    assert tuple(op.name for op in t.add_request_headers) == request_adds
+    assert t.remove_response_headers == response_removes
+    assert tuple(op.name for op in t.add_response_headers) == response_adds
+
+
+@pytest.mark.parametrize("spec, module, host_rewrite, linkerd", [
+    ({"auto_host_rewrite": True}, {}, "up", None),
+    ({"auto_host_rewrite": True, "host_rewrite": "given"}, {}, "given", None),  # host_rewrite wins
+    ({"add_linkerd_headers": True}, {}, None, "up:8080"),
+    ({}, {"add_linkerd_headers": True}, None, "up:8080"),
+    ({"add_linkerd_headers": False}, {"add_linkerd_headers": True}, None, None),  # the Mapping's wins
+    ({"service": "http://svc.ns"}, {"add_linkerd_headers": True}, None, "svc.ns:80"),
+    ({"service": "[::1]:81", "add_linkerd_headers": True}, {}, None, "[::1]:81"),
+])
+def test_auto_host_rewrite_and_linkerd_headers(spec, module, host_rewrite, linkerd):
+    table, diags = compile([_module(**module), _mapping(**spec)])
+    assert diags == []
+    (t,) = table.routes[0].targets
+    assert t.host_rewrite == host_rewrite
+    ops = [(op.value, op.append) for op in t.add_request_headers if op.name == "l5d-dst-override"]
+    assert ops == ([] if linkerd is None else [(linkerd, False)])
