@@ -219,3 +219,60 @@ def test_auto_host_rewrite_and_linkerd_headers(spec, module, host_rewrite, linke
     assert t.host_rewrite == host_rewrite
     ops = [(op.value, op.append) for op in t.add_request_headers if op.name == "l5d-dst-override"]
     assert ops == ([] if linkerd is None else [(linkerd, False)])
+
+
+# ---- internal routes: check_alive, check_ready and diag through the Listener ---------------
+
+from edge.supervisor.compile import CompileOptions, admin_endpoint  # noqa: E402
+
+
+def _internal(table):
+    return {r.path: (r.precedence, r.targets[0].cluster, r.targets[0].rewrite)
+            for r in table.routes if r.targets[0].mapping.startswith("internal/")}
+
+
+@pytest.mark.parametrize("config, paths", [
+    ({}, {"/ambassador/v0/check_alive", "/ambassador/v0/check_ready"}),
+    ({"diagnostics": {"allow_non_local": True}},
+     {"/ambassador/v0/check_alive", "/ambassador/v0/check_ready", "/ambassador/v0/diag/"}),
+    ({"diagnostics": {"enabled": False, "allow_non_local": True}},
+     {"/ambassador/v0/check_alive", "/ambassador/v0/check_ready"}),
+    ({"liveness_probe": {"enabled": False}, "readiness_probe": {"enabled": False}}, set()),
+])
+def test_internal_routes(config, paths):
+    table, diags = compile([_module(**config), _mapping(prefix="/")], CompileOptions(admin_address="127.0.0.1:9999"))
+    assert diags == []
+    internal = _internal(table)
+    assert set(internal) == paths
+    for path, (precedence, cluster, rewrite) in internal.items():
+        assert precedence == 1_000_000 and rewrite == path and cluster == "cluster_edge_admin"
+    assert not any(r.path.startswith("/edge/") for r in table.routes)
+    # they come first, and every virtual host has them
+    assert [r.path for r in table.routes[:len(paths)]] == sorted(paths, key=lambda p: (-len(p), p))
+    if paths:
+        (admin,) = [c for c in table.clusters if c.name == "cluster_edge_admin"]
+        assert [(e.address, e.port) for e in admin.endpoints] == [("127.0.0.1", 9999)] and admin.discovery == "static"
+
+
+def test_internal_routes_are_in_every_virtual_host():
+    hosts = [RawObject("Host", "default", n, "t.yaml", {"hostname": h}) for n, h in (("a", "a.example"), ("b", "*"))]
+    table, _ = compile([*hosts, _mapping(hostname="a.example")], CompileOptions(admin_address="127.0.0.1:1"))
+    internal = {i for i, r in enumerate(table.routes) if r.targets[0].mapping.startswith("internal/")}
+    assert len(internal) == 2
+    for vh in table.virtual_hosts:
+        assert internal <= set(vh.routes)
+
+
+def test_no_internal_routes_without_an_admin_address():
+    table, _ = compile([_mapping()])
+    assert _internal(table) == {}
+
+
+@pytest.mark.parametrize("address, expected", [
+    ("127.0.0.1:8877", ("127.0.0.1", 8877)), ("0.0.0.0:8877", ("127.0.0.1", 8877)),
+    (":8877", ("127.0.0.1", 8877)), ("[::]:81", ("::1", 81)), ("[::1]:81", ("::1", 81)),
+    ("10.1.2.3:5", ("10.1.2.3", 5)),
+])
+def test_admin_endpoint(address, expected):
+    ep = admin_endpoint(address)
+    assert (ep.address, ep.port) == expected

@@ -62,9 +62,8 @@ CONFIG_FIELDS: dict[str, FieldRule] = {
                                "Module dropped", _affinity,
                                "edge balances round robin over the endpoints; policy ignored"),
     # tuning
-    "diagnostics": _warn("the diag page is served on the admin address only; ignored"),
-    "liveness_probe": _warn("check_alive is served on the admin address only; ignored"),
-    "readiness_probe": _warn("check_ready is served on the admin address only; ignored"),
+    "diagnostics": _OK, "liveness_probe": _OK, "readiness_probe": _OK,  # `enabled`, `allow_non_local'
+
     "admin_port": _warn("the admin address is set with --admin-addr; ignored"),
     "diag_port": _warn("the admin address is set with --admin-addr; ignored"),
     "service_port": _warn("ports come from Listeners; ignored"),
@@ -109,6 +108,12 @@ class ModuleSpec:
     resolver: str | None = None  # the default resolver's name
     default_labels: dict[str, tuple[LabelAction, ...]] | None = None  # domain -> labels put first
     add_linkerd_headers: bool = False
+    # Emissary's internal Mappings to the admin address: check_alive, check_ready, and the
+    # diag page (through the Listener only with diagnostics.allow_non_local)
+    liveness_probe: bool = True
+    readiness_probe: bool = True
+    diagnostics: bool = True
+    diagnostics_non_local: bool = False
 
 
 def parse_module(obj: RawObject) -> ModuleSpec:
@@ -118,6 +123,7 @@ def parse_module(obj: RawObject) -> ModuleSpec:
     defaults = opt_dict(config, "defaults", "spec.config")
     mapping_defaults = opt_dict(defaults, "httpmapping", "spec.config.defaults")
     p = "spec.config"
+    diagnostics = opt_dict(config, "diagnostics", p)
     server_name = opt_str(config, "server_name", "edge", p)
     if any(c in server_name for c in "\r\n"):
         raise Invalid("spec.config.server_name", "must not contain CR or LF")
@@ -132,4 +138,8 @@ def parse_module(obj: RawObject) -> ModuleSpec:
     return ModuleSpec(settings, mapping_defaults,
                       opt_int(config, "cluster_request_timeout_ms", None, p, minimum=0),
                       opt_str(config, "resolver", None, p), parse_default_labels(config, p),
-                      opt_bool(config, "add_linkerd_headers", False, p))
+                      opt_bool(config, "add_linkerd_headers", False, p),
+                      opt_bool(opt_dict(config, "liveness_probe", p), "enabled", True, f"{p}.liveness_probe"),
+                      opt_bool(opt_dict(config, "readiness_probe", p), "enabled", True, f"{p}.readiness_probe"),
+                      opt_bool(diagnostics, "enabled", True, f"{p}.diagnostics"),
+                      opt_bool(diagnostics, "allow_non_local", False, f"{p}.diagnostics"))

@@ -43,6 +43,10 @@ DEFAULT_TIMEOUT_MS = 3000
 DEFAULT_CONNECT_TIMEOUT_MS = 3000
 DEFAULT_IDLE_TIMEOUT_MS = 300_000
 DEFAULT_LISTENER_PORT = 8080
+DEFAULT_ADMIN_ADDRESS = "127.0.0.1:8877"
+INTERNAL_PRECEDENCE = 1_000_000  # Emissary's internal Mappings win over every user Mapping
+INTERNAL_TIMEOUT_MS = 10_000
+ADMIN_CLUSTER = "cluster_edge_admin"
 SUPPORTED_KINDS = ("Mapping", "Host", "Listener", "Module", "RateLimit", *RESOLVER_KINDS)
 
 
@@ -50,6 +54,9 @@ SUPPORTED_KINDS = ("Mapping", "Host", "Listener", "Module", "RateLimit", *RESOLV
 class CompileOptions:
     ambassador_id: str = "default"
     default_listener_port: int = DEFAULT_LISTENER_PORT
+    # the supervisor's admin HTTP server (HOST:PORT): the internal check and diag routes go
+    # there; None: no internal routes (a table of the user's Mappings alone)
+    admin_address: str | None = None
 
 
 class _Diags:
@@ -69,7 +76,8 @@ def compile(objects: Iterable[RawObject], options: CompileOptions = CompileOptio
     resolvers = compile_resolvers(selected, module, diags)
     mappings = compile_mappings(selected.get("Mapping", []), module, resolvers, diags)
     routes, clusters = build_routes(mappings, module, diags)
-    vhosts = associate_hosts(hosts, routes, mappings)
+    routes, clusters, internal = add_internal_routes(routes, clusters, module, options)
+    vhosts = associate_hosts(hosts, routes, mappings, internal)
     bound = bind_listeners(listeners, hosts, vhosts)
     rate_limits = compile_rate_limits(selected.get("RateLimit", []), diags)
     table = RouteTable(
@@ -381,6 +389,59 @@ def route_order(route: Route) -> tuple:
     return (-route.precedence, -len(route.path), -conditions, route.path, route.group)
 
 
+# ---- internal routes: Emissary's probes and diag through the Listener --------------------
+
+def admin_endpoint(address: str) -> Endpoint:
+    """Where the Listener reaches the admin server: its address, but loopback when it binds
+    every address (0.0.0.0, ::, or no host)."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    if host in ("", "0.0.0.0", "*"):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return Endpoint(host, int(port))
+
+
+def internal_routes(module: ModuleSpec) -> list[tuple[str, str]]:
+    """(name, path prefix) of Emissary's internal Mappings that this Module enables.
+    /edge/v1/ (the admin's own API, which can restart workers) is never among them; the
+    diag page only with diagnostics.allow_non_local, since the Listener cannot tell a local
+    client from a remote one."""
+    out = []
+    if module.liveness_probe:
+        out.append(("internal_liveness_probe_mapping", "/ambassador/v0/check_alive"))
+    if module.readiness_probe:
+        out.append(("internal_readiness_probe_mapping", "/ambassador/v0/check_ready"))
+    if module.diagnostics and module.diagnostics_non_local:
+        out.append(("internal_diagnostics_probe_mapping", "/ambassador/v0/diag/"))
+    return out
+
+
+def add_internal_routes(routes: list[tuple[Route, list[_Mapping]]], clusters: list[Cluster], module: ModuleSpec,
+                        options: CompileOptions) -> tuple[list[tuple[Route, list[_Mapping]]], list[Cluster], tuple[int, ...]]:
+    """The routes with the internal ones first (they outrank every user Mapping, as in
+    Emissary), the clusters with the admin's, and the internal routes' indexes: every
+    virtual host has them."""
+    wanted = internal_routes(module) if options.admin_address is not None else []
+    if not wanted:
+        return routes, clusters, ()
+    ep = admin_endpoint(options.admin_address)
+    cluster = Cluster(ADMIN_CLUSTER, options.admin_address, ep.address, ep.port, DEFAULT_CONNECT_TIMEOUT_MS, (ep,))
+    internal = []
+    for name, prefix in wanted:
+        target = Target(mapping=f"internal/{name}", cluster=ADMIN_CLUSTER, weight=100, rewrite=prefix,
+                        regex_rewrite_pattern=None, regex_rewrite_substitution="", host_rewrite=None,
+                        add_request_headers=(), add_response_headers=(), remove_request_headers=(),
+                        remove_response_headers=(), timeout_ms=INTERNAL_TIMEOUT_MS,
+                        idle_timeout_ms=DEFAULT_IDLE_TIMEOUT_MS)
+        internal.append((Route(_group_id(("internal", name)), "prefix", prefix, True, INTERNAL_PRECEDENCE, None,
+                               None, False, (), (), (target,)), []))
+    merged = sorted(internal + routes, key=lambda rm: route_order(rm[0]))
+    others = [c for c in clusters if c.name != ADMIN_CLUSTER]
+    return merged, sorted(others + [cluster], key=lambda c: c.name), tuple(range(len(internal)))
+
+
 # ---- rate limits -----------------------------------------------------------------------
 
 def compile_rate_limits(objs: list[RawObject], diags: _Diags) -> tuple[RateLimitRule, ...]:
@@ -439,7 +500,7 @@ def mapping_attaches(host: HostSpec, m: _Mapping) -> bool:
 
 
 def associate_hosts(hosts: list[tuple[RawObject, HostSpec]], routes: list[tuple[Route, list[_Mapping]]],
-                    mappings: list[_Mapping]) -> list[VirtualHost]:
+                    mappings: list[_Mapping], internal: tuple[int, ...] = ()) -> list[VirtualHost]:
     """Each Host's virtual host: the routes with a member Mapping that attaches to it
     (mapping_attaches), in route order. Hosts without a mappingSelector, the usual case,
     go through an index of the Mappings' hostnames, so 1,000 Hosts and 10,000 Mappings
@@ -454,6 +515,8 @@ def associate_hosts(hosts: list[tuple[RawObject, HostSpec]], routes: list[tuple[
         else:
             attached = tuple(i for i, (_, members) in enumerate(routes)
                              if any(mapping_attaches(spec, m) for m in members))
+        if internal:
+            attached = tuple(sorted(set(attached) | set(internal)))
         vhosts.append(VirtualHost(f"{obj.namespace}/{obj.name}", spec.hostname, attached))
     return vhosts
 

@@ -3,6 +3,8 @@ real `edge serve` (2 workers) and real upstreams."""
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import pytest
 
@@ -14,6 +16,15 @@ pytestmark = pytest.mark.integration
 def echo(resp: httpx.Response) -> dict:
     assert resp.status_code == 200, (resp.status_code, resp.text)
     return resp.json()
+
+
+def from_upstream(resp: httpx.Response) -> bool:
+    """Whether the test upstream (which echoes JSON with its name) answered."""
+    try:
+        data = resp.json()
+    except ValueError:
+        return False
+    return isinstance(data, dict) and data.get("upstream") == "a"
 
 
 def header(data: dict, name: str) -> list[str]:
@@ -83,3 +94,25 @@ def test_module_linkerd_headers_and_suppress_envoy_headers(make_edge, upstream):
         assert header(data, "x-envoy-expected-rq-timeout-ms") == [] and header(data, "x-envoy-original-path") == []
         assert "x-envoy-upstream-service-time" not in on.headers
         assert header(echo(c.get("/off/x")), "l5d-dst-override") == []
+
+
+def test_check_paths_through_the_listener_and_diag_only_when_allowed(make_edge, upstream):
+    edge = make_edge({"m.yaml": mapping("all", upstream.service, "/")})
+    with httpx.Client(base_url=edge.url("")) as c:
+        ready = c.get("/ambassador/v0/check_ready")
+        assert ready.status_code == 200 and not from_upstream(ready)  # the admin answered
+        assert c.get("/ambassador/v0/check_alive").status_code == 200
+        # diag is not reachable through the Listener by default (diagnostics.allow_non_local false):
+        # the catch-all Mapping gets it; the admin's own API never is
+        assert echo(c.get("/ambassador/v0/diag/"))["upstream"] == "a"
+        assert echo(c.get("/edge/v1/config"))["upstream"] == "a"
+    edge.write("module.yaml", resource("Module", "ambassador", {"config": {"diagnostics": {"allow_non_local": True}}}))
+    deadline = time.monotonic() + 20  # the file watch and publish; not a speed bound
+    with httpx.Client(base_url=edge.url("")) as c:
+        while True:
+            diag = c.get("/ambassador/v0/diag/?json=true")
+            if diag.status_code == 200 and not from_upstream(diag):
+                break
+            assert time.monotonic() < deadline, diag.text
+            time.sleep(0.05)
+        assert echo(c.get("/edge/v1/config"))["upstream"] == "a"
