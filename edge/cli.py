@@ -88,7 +88,8 @@ def check(paths: list[str], ambassador_id: str, namespace: str, out=None) -> int
     """Print diagnostics; 1 if any object is invalid (or a file unreadable), else 0."""
     out = out or sys.stdout
     snapshot = files.load(paths, namespace)
-    table, diags = compiler.compile(snapshot.objects, compiler.CompileOptions(ambassador_id=ambassador_id))
+    table, diags = compiler.compile(snapshot.objects, compiler.CompileOptions(
+        ambassador_id=ambassador_id, admin_address=compiler.DEFAULT_ADMIN_ADDRESS))
     all_diags = list(snapshot.diagnostics) + diags
     for d in all_diags:
         print(d.format(), file=out)

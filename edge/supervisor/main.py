@@ -124,7 +124,7 @@ class Supervisor:
     async def apply(self, snapshot: files.Snapshot) -> None:
         started = time.perf_counter()
         self.snapshot = snapshot
-        options = compiler.CompileOptions(ambassador_id=self.opts.ambassador_id)
+        options = compiler.CompileOptions(ambassador_id=self.opts.ambassador_id, admin_address=self.opts.admin_addr)
         table, diags = compiler.compile(snapshot.objects, options)
         self.compile_count += 1
         last_good = self.compiled
