@@ -102,3 +102,16 @@ def test_an_endpoint_change_reuses_the_compiled_routes():
     assert fast.match(port, "x", "/b/1", b"GET", [], "")[0].path == "/b/"
     rerouted = router.with_table(compile([m("a", "/a/"), m("c", "/c/")])[0], 3)
     assert rerouted._vhosts is not router._vhosts and rerouted.match(port, "x", "/c/", b"GET", [], "") is not None
+
+
+def test_envoy_header_rules_follow_the_module_once_per_table():
+    module = RawObject("Module", "default", "ambassador", "f.yaml", {"config": {"suppress_envoy_headers": True}})
+    for objs, expected_add, service_time in [
+        ([m("a", "/", timeout_ms=1234)], b"x-envoy-expected-rq-timeout-ms: 1234\r\n", True),
+        ([module, m("a", "/", timeout_ms=1234)], b"", False),
+    ]:
+        table, _ = compile(objs)
+        router = Router(table)
+        route, _ = router.match(8080, "h", "/x", b"GET", [], "")
+        rules = route.targets[0].headers
+        assert rules.request_add == expected_add and rules.service_time is service_time
