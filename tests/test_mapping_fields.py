@@ -276,3 +276,9 @@ def test_no_internal_routes_without_an_admin_address():
 def test_admin_endpoint(address, expected):
     ep = admin_endpoint(address)
     assert (ep.address, ep.port) == expected
+
+
+def test_host_and_hostname_both_set_uses_hostname_as_emissary_does():
+    table, diags = compile([_mapping(host="a.example", hostname="b.example")])
+    assert table.routes[0].host == "b.example"
+    assert [(d.severity, d.field) for d in diags] == [("warning", "spec.host")]

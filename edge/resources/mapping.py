@@ -305,6 +305,8 @@ def parse_mapping(obj: RawObject, defaults: dict | None = None,
     if host is not None and host_regex:
         check_regex(host, "spec.host")
     hostname = opt_str(spec, "hostname")
+    if hostname is not None and host is not None:  # Emissary: host is ignored, hostname used
+        host, host_regex = None, False
     method = opt_str(spec, "method")
     rewrite = opt_str(spec, "rewrite", "/")
     regex_rewrite = None

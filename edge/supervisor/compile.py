@@ -246,6 +246,8 @@ def compile_mappings(objs: list[RawObject], module: ModuleSpec, resolvers: _Reso
             continue
         for field, message in warnings:
             diags.add("warning", obj, field, message)
+        if spec.hostname is not None and obj.spec.get("host") is not None:
+            diags.add("warning", obj, "spec.host", "both host and hostname are set: host is ignored, as in Emissary")
         out.append(_Mapping(obj, spec, resolver))
     return out
 
