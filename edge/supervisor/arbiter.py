@@ -17,11 +17,13 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import trio
 
+from edge import workerspec
 from edge.shm import StatCells
+from edge.workerspec import WorkerOptions
 
 log = logging.getLogger("edge.arbiter")
 
@@ -55,7 +57,7 @@ def open_listener(address: str, port: int) -> socket.socket:
 
 
 class Arbiter:
-    def __init__(self, workers: int, routes_segment: str, stats: StatCells, worker_args: list[str],
+    def __init__(self, workers: int, routes_segment: str, stats: StatCells, worker: WorkerOptions,
                  heartbeat_timeout: float = 3.0):
         # two stats cells per slot: a rolling restart runs the new process beside the old
         self.slots = [Slot(i, cell=i) for i in range(workers)]
@@ -63,7 +65,7 @@ class Arbiter:
         self.rolling = False
         self.routes_segment = routes_segment
         self.stats = stats
-        self.worker_args = worker_args
+        self.worker = worker  # every worker's options; _start_process fills in the process's own
         self.heartbeat_timeout = heartbeat_timeout
         self.sockets: dict[int, list[socket.socket]] = {}
         self.bind_errors: dict[int, str] = {}
@@ -85,11 +87,11 @@ class Arbiter:
             self.bind_errors.pop(port, None)
             self.sockets[port] = socks
             for slot, sock in zip(self.slots, socks):
-                self._send(slot, b"L%d" % port, [sock.fileno()])
+                self._send(slot, workerspec.listen_message(port), [sock.fileno()])
         for port in list(self.sockets):
             if port not in ports:
                 for slot in self.slots:
-                    self._send(slot, b"U%d" % port)
+                    self._send(slot, workerspec.unlisten_message(port))
                 for sock in self.sockets.pop(port):
                     sock.close()
 
@@ -107,21 +109,18 @@ class Arbiter:
     def wake_all(self) -> None:
         """Tell every worker a new table is published (they also poll as a fallback)."""
         for slot in self.slots:
-            self._send(slot, b"T")
+            self._send(slot, workerspec.table_message())
 
     # ---- processes ----
     def _start_process(self, slot: Slot, cell: int) -> tuple[subprocess.Popen, socket.socket]:
         """A worker process for `slot` writing stats cell `cell`, on the slot's sockets."""
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         parent.setblocking(False)
-        fds = [child.fileno()]
-        args = [sys.executable, "-m", "edge.worker", "--slot", str(slot.index), "--cell", str(cell),
-                "--routes", self.routes_segment, "--stats", self.stats.name, "--ctrl", str(child.fileno()),
-                *self.worker_args]
-        for port, socks in self.sockets.items():
-            fd = socks[slot.index].fileno()
-            fds.append(fd)
-            args += ["--listen", f"{port}:{fd}"]
+        listen = tuple((port, socks[slot.index].fileno()) for port, socks in self.sockets.items())
+        fds = [child.fileno(), *(fd for _, fd in listen)]
+        options = replace(self.worker, slot=slot.index, cell=cell, routes=self.routes_segment, stats=self.stats.name,
+                          ctrl=child.fileno(), listen=listen)
+        args = [sys.executable, "-m", "edge.worker", *options.to_argv()]
         for name in ("heartbeat", "generation", "pid"):
             self.stats.set(cell, name, 0)
         proc = subprocess.Popen(args, pass_fds=fds)
@@ -203,6 +202,7 @@ class Arbiter:
                         "ratelimited": cell["ratelimited"],
                         "ratelimit_log_only_over": cell["ratelimit_log_only_over"],
                         "ratelimit_store_failures": cell["ratelimit_store_failures"],
+                        "accept_errors": cell["accept_errors"],
                         "restarts": slot.restarts, "heartbeat": cell["heartbeat"]})
         return out
 

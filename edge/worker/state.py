@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from edge.workerspec import DEFAULTS
 from edge.worker.reactor import Reactor
 from edge.worker.router import Router
 from edge.worker.upstream import Pool
@@ -13,7 +14,8 @@ DRAIN_IDLE_GRACE = 1.0
 
 
 class WorkerState:
-    def __init__(self, *, header_timeout: float = 10.0, idle_timeout: float = 300.0):
+    def __init__(self, *, header_timeout: float = DEFAULTS.header_timeout,
+                 idle_timeout: float = DEFAULTS.idle_timeout):
         self.router: Router | None = None
         self.reactor = Reactor()
         self.pool = Pool(self.reactor)
