@@ -46,13 +46,45 @@ class TornRead(RuntimeError):
     """No consistent snapshot could be read within the retry budget."""
 
 
-def _create(name: str, size: int) -> mmap.mmap:
-    fd = os.open(os.path.join(SHM_DIR, name), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+class NoSpace(OSError):
+    """/dev/shm has no room for a segment. On tmpfs, ftruncate alone succeeds without room
+    and the first write to a missing page is a SIGBUS, so segments reserve their pages."""
+
+    def __init__(self, name: str, size: int, free: int | None, cause: OSError):
+        where = f"{free:,} bytes free" if free is not None else "free space unknown"
+        super().__init__(cause.errno, f"cannot reserve {size:,} bytes of shared memory for segment {name} "
+                                      f"in {SHM_DIR} ({where}: {cause.strerror}); mount a larger "
+                                      f"memory-backed emptyDir at {SHM_DIR} (emptyDir.medium: Memory)")
+        self.name, self.size, self.free = name, size, free
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+def shm_free() -> int | None:
+    """Bytes an unprivileged writer may still allocate in SHM_DIR."""
     try:
-        os.ftruncate(fd, size)
+        st = os.statvfs(SHM_DIR)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def create_segment(name: str, size: int) -> mmap.mmap:
+    """Create segment `name` of `size` bytes with every page reserved (posix_fallocate), so
+    that a full /dev/shm is a NoSpace here and not a SIGBUS at some later write."""
+    path = os.path.join(SHM_DIR, name)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        try:
+            os.posix_fallocate(fd, 0, size)
+        except OSError as exc:
+            os.unlink(path)
+            raise NoSpace(name, size, shm_free(), exc) from None
         return mmap.mmap(fd, size)
     finally:
         os.close(fd)
+
 
 
 def _attach(name: str) -> mmap.mmap:
@@ -88,7 +120,7 @@ class RoutesWriter:
     def __init__(self, name: str, slot_capacity: int = 4 << 20):
         self.name = name
         self.slot_capacity = slot_capacity
-        self._mem = _create(name, _DATA_OFF + 2 * slot_capacity)
+        self._mem = create_segment(name, _DATA_OFF + 2 * slot_capacity)
         _HEAD.pack_into(self._mem, 0, ROUTES_MAGIC, LAYOUT_VERSION, 0, 0)
         for slot in (0, 1):
             offset = _DATA_OFF + slot * slot_capacity
@@ -206,8 +238,10 @@ STAT_FIELDS = (
     "ratelimited",  # requests refused with 429
     "ratelimit_log_only_over",  # requests over a LogOnly limit (served)
     "ratelimit_store_failures",  # requests decided by the failure mode: Redis down or too slow
+    "accept_errors",  # accepts that failed: EMFILE (out of file descriptors) and the like
 )
 _CELL_SIZE = 8 * 16
+assert len(STAT_FIELDS) <= _CELL_SIZE // 8, "a stats cell is full: grow _CELL_SIZE and bump LAYOUT_VERSION"
 _STATS_HEAD = struct.Struct("<8sII")
 
 
@@ -220,7 +254,7 @@ class StatCells:
     def __init__(self, name: str, slots: int = 0, create: bool = False):
         self.name = name
         if create:
-            self._mem = _create(name, 16 + slots * _CELL_SIZE)
+            self._mem = create_segment(name, 16 + slots * _CELL_SIZE)
             _STATS_HEAD.pack_into(self._mem, 0, STATS_MAGIC, LAYOUT_VERSION, slots)
         else:
             self._mem = _attach(name)

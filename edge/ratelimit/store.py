@@ -19,7 +19,7 @@ import mmap
 import os
 import struct
 
-from edge.shm import SHM_DIR, LayoutMismatch, unlink
+from edge.shm import SHM_DIR, LayoutMismatch, create_segment, unlink
 
 MAGIC = 0x4C52454744454745  # "EGDEGERL"-ish tag, checked on attach
 LAYOUT = 1
@@ -27,25 +27,24 @@ PROBES = 2
 _HEAD = struct.Struct("<4Q")
 
 
+def segment_size(cells: int, buckets: int) -> int:
+    return _HEAD.size + cells * buckets * 32
+
+
 class CounterStore:
     def __init__(self, name: str, cells: int = 0, buckets: int = 0, create: bool = False):
         """Create (supervisor: `cells`, `buckets` a power of two) or attach (worker)."""
         self.name = name
-        path = os.path.join(SHM_DIR, name)
         if create:
             if buckets <= 0 or buckets & (buckets - 1):
                 raise ValueError(f"buckets must be a power of two, got {buckets}")
-            size = _HEAD.size + cells * buckets * 32
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            self._mem = create_segment(name, segment_size(cells, buckets))  # NoSpace when /dev/shm is full
         else:
-            fd = os.open(path, os.O_RDWR)
-            size = os.fstat(fd).st_size
-        try:
-            if create:
-                os.ftruncate(fd, size)
-            self._mem = mmap.mmap(fd, size)
-        finally:
-            os.close(fd)
+            fd = os.open(os.path.join(SHM_DIR, name), os.O_RDWR)
+            try:
+                self._mem = mmap.mmap(fd, os.fstat(fd).st_size)
+            finally:
+                os.close(fd)
         if create:
             _HEAD.pack_into(self._mem, 0, MAGIC, LAYOUT, cells, buckets)
         magic, layout, self.cells, self.buckets = _HEAD.unpack_from(self._mem, 0)

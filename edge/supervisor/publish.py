@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from edge import codec
 from edge.model import RouteTable
-from edge.shm import RoutesWriter
+from edge.shm import NoSpace, RoutesWriter
 
 
 @dataclass(frozen=True)
@@ -23,14 +23,27 @@ class Published:
     size: int
 
 
-class TableTooLarge(Exception):
-    """The encoded table is over the memory budget (a global invariant: rejected whole)."""
+class TableRejected(Exception):
+    """The table breaks a global invariant: rejected whole, nothing published."""
+
+
+class TableTooLarge(TableRejected):
+    """The encoded table is over the memory budget."""
 
     def __init__(self, size: int, budget: int):
         super().__init__(f"the route table encodes to {size:,} bytes, over the budget of {budget:,} bytes "
                          f"(--max-table-mb)")
         self.size = size
         self.budget = budget
+
+
+class NoRoomForTable(TableRejected):
+    """The table outgrew its segment and /dev/shm has no room for a bigger one."""
+
+    def __init__(self, size: int, cause: NoSpace):
+        super().__init__(f"the route table encodes to {size:,} bytes and needs a bigger routes segment: {cause}")
+        self.size = size
+        self.cause = cause
 
 
 class Publisher:
@@ -54,7 +67,8 @@ class Publisher:
 
     def publish(self, table: RouteTable) -> Published | None:
         """Publish `table`; None when it is identical to the current one. Raises
-        TableTooLarge (nothing published) when it is over `max_bytes`."""
+        TableTooLarge (nothing published) when it is over `max_bytes`, NoRoomForTable when
+        it needs a bigger segment and /dev/shm has no room for one."""
         payload = codec.encode(table)
         if len(payload) > self.max_bytes:
             raise TableTooLarge(len(payload), self.max_bytes)
@@ -73,7 +87,11 @@ class Publisher:
         old = self.writer
         self._moves += 1
         capacity = max(needed * 2, old.slot_capacity * 2)
-        new = RoutesWriter(self._segment_name(), capacity)
+        try:
+            new = RoutesWriter(self._segment_name(), capacity)
+        except NoSpace as exc:
+            self._moves -= 1  # nothing was made: the next try takes the same name
+            raise NoRoomForTable(needed, exc) from None
         new.continue_generation(old.generation)
         old.announce_successor(new.name)
         self._retired.append(old)
