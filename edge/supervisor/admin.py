@@ -10,11 +10,17 @@
     /metrics                     Prometheus text
     POST /edge/v1/restart        rolling restart of every worker (as SIGUSR2): 202, or 409
                                  when one runs already
+
+Anything but GET and HEAD changes the gateway: it is answered only for loopback clients
+(403 for others) unless `allow_remote_restart` (--admin-allow-remote-restart). The admin
+port is often bound on 0.0.0.0 in a pod for probes and metrics, and nothing here asks who
+is calling.
 """
 
 from __future__ import annotations
 
 import html
+import ipaddress
 import json
 from typing import Protocol
 from urllib.parse import parse_qs
@@ -33,7 +39,23 @@ class AdminView(Protocol):
     def clusters(self) -> list[dict]: ...
 
 
-def make_app(view: AdminView):
+READ_ONLY = ("GET", "HEAD")
+
+
+def is_loopback(client) -> bool:
+    """The ASGI scope's client: (host, port), or None (unknown: not loopback)."""
+    if not client:
+        return False
+    try:
+        address = ipaddress.ip_address(client[0].split("%")[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
+def make_app(view: AdminView, *, allow_remote_restart: bool = False):
     async def app(scope, receive, send):
         if scope["type"] == "lifespan":
             while True:
@@ -47,7 +69,12 @@ def make_app(view: AdminView):
             return
         path = scope["path"]
         query = parse_qs(scope.get("query_string", b"").decode())
-        if path == "/ambassador/v0/check_ready":
+        if scope["method"] not in READ_ONLY and not allow_remote_restart and not is_loopback(scope.get("client")):
+            status, ctype = 403, b"text/plain"
+            body = (f"{scope['method']} {path} is allowed only from loopback; start edge with "
+                    f"--admin-allow-remote-restart (env EDGE_ADMIN_ALLOW_REMOTE_RESTART) to allow it "
+                    f"from other hosts\n").encode()
+        elif path == "/ambassador/v0/check_ready":
             ok, why = view.ready()
             status, body, ctype = (200 if ok else 503), why.encode(), b"text/plain"
         elif path == "/ambassador/v0/check_alive":
@@ -102,10 +129,11 @@ def render_diag(data: dict) -> str:
         f"{resources}</table></body></html>")
 
 
-async def serve_admin(view: AdminView, address: str, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+async def serve_admin(view: AdminView, address: str, *, allow_remote_restart: bool = False,
+                      task_status=trio.TASK_STATUS_IGNORED) -> None:
     config = Config()
     config.bind = [address]
     config.accesslog = None
     config.errorlog = None
     config.graceful_timeout = 1
-    await serve(make_app(view), config, task_status=task_status)
+    await serve(make_app(view, allow_remote_restart=allow_remote_restart), config, task_status=task_status)

@@ -9,24 +9,27 @@ re-filled with endpoints and published, at most once per ENDPOINT_INTERVAL, no c
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
+import resource
 import secrets
 import signal
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 
 import trio
 
 from edge.model import Diagnostic, RouteTable
 from edge.ratelimit.store import CounterStore
 from edge.shm import StatCells
+from edge.workerspec import DEFAULTS as WORKER_DEFAULTS, RATELIMIT_REDIS_ENV, WorkerOptions
 from edge.supervisor import compile as compiler
 from edge.supervisor import endpoints
 from edge.supervisor.admin import serve_admin
 from edge.supervisor.arbiter import Arbiter
-from edge.supervisor.publish import Publisher, TableTooLarge
+from edge.supervisor.publish import Publisher, TableRejected
 from edge.supervisor.resolver import resolve_all
 from edge.supervisor.sources import files
 from edge.supervisor.sources.consul import ConsulWatcher
@@ -48,10 +51,10 @@ class Options:
     dns_refresh: float = 30.0
     watch_interval: float = 0.1
     heartbeat_timeout: float = 3.0
-    drain_timeout: float = 30.0
-    header_timeout: float = 10.0
-    idle_timeout: float = 300.0
-    log_level: str = "INFO"
+    drain_timeout: float = WORKER_DEFAULTS.drain_timeout
+    header_timeout: float = WORKER_DEFAULTS.header_timeout
+    idle_timeout: float = WORKER_DEFAULTS.idle_timeout
+    log_level: str = WORKER_DEFAULTS.log_level
     max_table_bytes: int = 256 << 20
     kubernetes: bool = False
     kubeconfig: str | None = None
@@ -61,29 +64,26 @@ class Options:
     ingress_status_address: str = ""
     ratelimit_buckets: int = 16384  # per worker cell; a power of two
     ratelimit_redis: str = ""
-    ratelimit_budget_ms: float = 20.0
-    ratelimit_failure_mode: str = "open"
-    worker_args: list[str] = field(default_factory=list)
+    ratelimit_budget_ms: float = WORKER_DEFAULTS.ratelimit_budget_ms
+    ratelimit_failure_mode: str = WORKER_DEFAULTS.ratelimit_failure_mode
+    admin_allow_remote_restart: bool = False  # POST /edge/v1/restart from other hosts too
 
 
 class Supervisor:
     def __init__(self, opts: Options):
         self.opts = opts
         self.prefix = f"edge-{os.getpid()}-{secrets.token_hex(4)}"
-        self.stats = StatCells(f"{self.prefix}-stats", 2 * opts.workers, create=True)
-        self.publisher = Publisher(self.prefix, max_bytes=opts.max_table_bytes)
-        # one counter region per stats cell: a worker and its rolling-restart successor never share one
-        self.counters = CounterStore(f"{self.prefix}-ratelimit", 2 * opts.workers, opts.ratelimit_buckets, create=True)
-        worker_args = ["--header-timeout", str(opts.header_timeout), "--idle-timeout", str(opts.idle_timeout),
-                       "--drain-timeout", str(opts.drain_timeout), "--log-level", opts.log_level,
-                       "--ratelimit", self.counters.name, "--ratelimit-budget-ms", str(opts.ratelimit_budget_ms),
-                       "--ratelimit-failure-mode", opts.ratelimit_failure_mode]
+        self._create_segments()  # shm.NoSpace when /dev/shm has no room for them
+        worker = WorkerOptions(header_timeout=opts.header_timeout, idle_timeout=opts.idle_timeout,
+                               drain_timeout=opts.drain_timeout, log_level=opts.log_level,
+                               ratelimit=self.counters.name, ratelimit_budget_ms=opts.ratelimit_budget_ms,
+                               ratelimit_failure_mode=opts.ratelimit_failure_mode)
         if opts.ratelimit_redis:
             # through the environment, not argv: the URL may carry a password, and argv is public
-            os.environ["EDGE_RATELIMIT_REDIS"] = opts.ratelimit_redis
+            os.environ[RATELIMIT_REDIS_ENV] = opts.ratelimit_redis
         else:
-            os.environ.pop("EDGE_RATELIMIT_REDIS", None)
-        self.arbiter = Arbiter(opts.workers, self.publisher.first_segment, self.stats, worker_args,
+            os.environ.pop(RATELIMIT_REDIS_ENV, None)
+        self.arbiter = Arbiter(opts.workers, self.publisher.first_segment, self.stats, worker,
                                heartbeat_timeout=opts.heartbeat_timeout)
         self.snapshot: files.Snapshot | None = None
         self.sources: dict[str, files.Snapshot] = {}
@@ -102,6 +102,26 @@ class Supervisor:
         self.rejection: list[Diagnostic] = []  # why the newest table was not published
         self.last_apply_ms = 0.0
         self.stopping = trio.Event()
+
+    def _create_segments(self) -> None:
+        """Every segment reserves its memory up front; if one has no room, those already
+        made are removed and shm.NoSpace says which one wanted how much."""
+        opts = self.opts
+        self.stats = self.publisher = self.counters = None
+        try:
+            self.stats = StatCells(f"{self.prefix}-stats", 2 * opts.workers, create=True)
+            self.publisher = Publisher(self.prefix, max_bytes=opts.max_table_bytes)
+            # one counter region per stats cell: a worker and its rolling-restart successor never share one
+            self.counters = CounterStore(f"{self.prefix}-ratelimit", 2 * opts.workers, opts.ratelimit_buckets,
+                                         create=True)
+        except BaseException:
+            self.close_segments()
+            raise
+
+    def close_segments(self) -> None:
+        for segment in (self.publisher, self.stats, self.counters):
+            if segment is not None:
+                segment.close()
 
     def _kubernetes_source(self):
         # imported here: the kubernetes client takes about 0.3 s to import, and most
@@ -173,7 +193,7 @@ class Supervisor:
         table = replace(table, diagnostics=tuple(self.diagnostics + self.dns_diagnostics))
         try:
             published = self.publisher.publish(table)
-        except TableTooLarge as exc:
+        except TableRejected as exc:  # over --max-table-mb, or no room in /dev/shm for it
             self.tables_rejected += 1
             current = self.publisher.current
             keeping = f"generation {current.generation} keeps serving" if current else "nothing is served yet"
@@ -245,16 +265,15 @@ class Supervisor:
                 nursery.start_soon(self.arbiter.run)
                 nursery.start_soon(self._dns_loop)
                 nursery.start_soon(self._endpoint_loop)
-                await nursery.start(serve_admin, self, self.opts.admin_addr)
+                await nursery.start(functools.partial(
+                    serve_admin, allow_remote_restart=self.opts.admin_allow_remote_restart), self, self.opts.admin_addr)
                 log.info("admin on http://%s/, %d workers", self.opts.admin_addr, self.opts.workers)
                 await self.stopping.wait()
                 log.info("draining workers (up to %.0fs)", self.opts.drain_timeout)
                 await self.arbiter.stop(self.opts.drain_timeout)
                 nursery.cancel_scope.cancel()
         finally:
-            self.publisher.close()
-            self.stats.close()
-            self.counters.close()
+            self.close_segments()
 
     async def _signals(self, hup: trio.MemorySendChannel) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2) as signals:
@@ -351,6 +370,7 @@ class Supervisor:
             "edge_ratelimited_total": sum(w["ratelimited"] for w in workers),
             "edge_ratelimit_log_only_over_total": sum(w["ratelimit_log_only_over"] for w in workers),
             "edge_ratelimit_store_failures_total": sum(w["ratelimit_store_failures"] for w in workers),
+            "edge_accept_errors_total": sum(w["accept_errors"] for w in workers),
             "edge_last_apply_ms": round(self.last_apply_ms, 3),
             "edge_endpoint_publishes_total": self.endpoint_publishes,
             **self._source_metrics(),
@@ -379,5 +399,22 @@ class _Tagged:
         await self.send_channel.send((self.name, snapshot))
 
 
+def raise_nofile_limit() -> str:
+    """Raise the soft RLIMIT_NOFILE to the hard limit (workers inherit it), as nginx's
+    worker_rlimit_nofile does: systemd's default soft limit of 1024 is about 1,000
+    connections per worker. Returns the startup log line."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == hard:
+        return f"file descriptors: soft limit {soft} (the hard limit)"
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError) as exc:  # e.g. an unlimited hard limit over the kernel's nr_open
+        return f"file descriptors: soft limit {soft}, not raised to the hard limit {hard}: {exc}"
+    return f"file descriptors: soft limit raised from {soft} to {hard}"
+
+
 def run(opts: Options) -> None:
+    """Run until SIGTERM. Raises shm.NoSpace before anything starts when /dev/shm has no
+    room for the segments."""
+    log.info("%s", raise_nofile_limit())
     trio.run(Supervisor(opts).run)

@@ -1,20 +1,21 @@
 """A worker process: serves traffic on the listening sockets its supervisor hands it.
 
 It reads the routes segment, writes only its own stats cell, and talks to nobody else.
-Control messages arrive on a SOCK_SEQPACKET pair: b"T" (a new table is published),
-b"L<port>" with one listening fd attached, b"U<port>" (stop listening on port).
+Its options and control messages (a new table, listen on a port with the fd attached, stop
+listening) are declared in edge.workerspec, which the supervisor's arbiter writes with.
 SIGTERM drains: stop accepting, close idle connections, finish in-flight requests up to
 the drain deadline, exit 0. If the supervisor goes away, the worker exits.
 """
 
 from __future__ import annotations
 
-import argparse
+import errno
 import logging
 import os
 import signal
 import socket
 import sys
+import time
 
 import trio
 
@@ -25,20 +26,26 @@ from edge.shm import StatCells
 from edge.worker.conn import ClientConnection
 from edge.worker.state import WorkerState
 from edge.worker.tablewatch import TableWatch
+from edge import workerspec
+from edge.workerspec import WorkerOptions
 
 log = logging.getLogger("edge.worker")
 HEARTBEAT_INTERVAL = 0.2
 POLL_INTERVAL = 0.25
+ACCEPT_BACKOFF = 0.1  # seconds accepting pauses after EMFILE/ENFILE/ENOBUFS/ENOMEM
+ACCEPT_WARN_EVERY = 10.0  # seconds between two warnings about failed accepts
+ACCEPT_BATCH = 64  # accepts in a row before the loop lets other tasks run
+_OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
 class Worker:
-    def __init__(self, args):
+    def __init__(self, args: WorkerOptions, ratelimit_redis: str | None = None):
         self.args = args
         self.slot = args.slot
         self.cell = args.slot if args.cell is None else args.cell  # our stats cell
         self.state = WorkerState(header_timeout=args.header_timeout, idle_timeout=args.idle_timeout)
-        if args.ratelimit_redis:
-            self.state.limits = RedisLink(self.state.reactor, parse_redis_url(args.ratelimit_redis),
+        if ratelimit_redis:
+            self.state.limits = RedisLink(self.state.reactor, parse_redis_url(ratelimit_redis),
                                           args.ratelimit_budget_ms / 1000,
                                           fail_open=args.ratelimit_failure_mode == "open")
         elif args.ratelimit:
@@ -50,6 +57,9 @@ class Worker:
         self.listeners: dict[int, tuple[socket.socket, trio.CancelScope]] = {}
         self.parent = os.getppid()
         self.stopping = trio.Event()
+        self.accept_errors = 0  # accepts that failed (EMFILE and friends), for the stats cell
+        self._accept_warned = -ACCEPT_WARN_EVERY  # monotonic time of the last warning
+        self._accept_suppressed = 0  # failures since then, not logged
 
     async def run(self) -> None:
         self.stats.set(self.cell, "pid", os.getpid())
@@ -62,8 +72,7 @@ class Worker:
             while not await self.watch.poll():  # no traffic before the first table
                 await trio.sleep(0.02)
             self._publish_generation()
-            for spec in self.args.listen:
-                port, fd = (int(x) for x in spec.split(":"))
+            for port, fd in self.args.listen:
                 self._listen(port, socket.socket(fileno=fd))
             nursery.start_soon(self._control)
             await self.stopping.wait()
@@ -91,6 +100,7 @@ class Worker:
         state = self.state
         # Connections live in the reactor, not under `scope`: closing a listener (drain,
         # Listener removed) must not cut the connections it accepted.
+        accepted = 0
         with scope:
             try:
                 while True:
@@ -99,20 +109,38 @@ class Worker:
                     except BlockingIOError:
                         await trio.lowlevel.wait_readable(lsock)
                         continue
-                    except OSError as exc:  # EMFILE and friends: back off, keep serving
-                        log.warning("accept on port %d: %s", port, exc)
-                        await trio.sleep(0.1)
-                        continue
+                    except OSError as exc:
+                        self._accept_failed(port, exc)
+                        if exc.errno in _OUT_OF_RESOURCES:
+                            # out of descriptors (or kernel memory): the pending connection
+                            # stays in the accept queue; stop accepting for a moment (as nginx
+                            # does) while the reactor task goes on serving the ones we have
+                            await trio.sleep(ACCEPT_BACKOFF)
+                        continue  # ECONNABORTED and the like: that one connection is gone
                     conn.setblocking(False)
                     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                     ClientConnection(state, conn, addr[0], port)
+                    accepted += 1
+                    if accepted % ACCEPT_BATCH == 0:  # a flood of connects does not starve the reactor
+                        await trio.lowlevel.checkpoint()
             finally:
                 lsock.close()
+
+    def _accept_failed(self, port: int, exc: OSError) -> None:
+        """Count a failed accept; warn at most once per ACCEPT_WARN_EVERY seconds."""
+        self.accept_errors += 1
+        now = time.monotonic()
+        if now - self._accept_warned < ACCEPT_WARN_EVERY:
+            self._accept_suppressed += 1
+            return
+        more = f" ({self._accept_suppressed} more since the last warning)" if self._accept_suppressed else ""
+        log.warning("accept on port %d: %s%s", port, exc, more)
+        self._accept_warned, self._accept_suppressed = now, 0
 
     async def _control(self) -> None:
         while True:
             try:
-                msg, fds, _, _ = socket.recv_fds(self.ctrl, 64, 4)
+                msg, fds, _, _ = socket.recv_fds(self.ctrl, workerspec.MAX_MESSAGE, workerspec.MAX_FDS)
             except BlockingIOError:
                 with trio.move_on_after(POLL_INTERVAL):
                     await trio.lowlevel.wait_readable(self.ctrl)
@@ -121,10 +149,17 @@ class Worker:
             if not msg:  # supervisor closed its end
                 self.stopping.set()
                 return
-            if msg[:1] == b"L" and fds:
-                self._listen(int(msg[1:]), socket.socket(fileno=fds[0]))
-            elif msg[:1] == b"U":
-                self._unlisten(int(msg[1:]))
+            try:
+                kind, port = workerspec.parse_message(msg)
+            except ValueError as exc:
+                log.error("control: %s", exc)
+                kind = port = None
+            if kind == workerspec.LISTEN and fds:
+                self._listen(port, socket.socket(fileno=fds.pop(0)))
+            elif kind == workerspec.UNLISTEN:
+                self._unlisten(port)
+            for fd in fds:  # none expected: never leak one
+                os.close(fd)
             await self._reload()
 
     async def _reload(self) -> None:
@@ -146,6 +181,7 @@ class Worker:
             stats.set(slot, "reactor_batches", state.reactor.batches)
             stats.set(slot, "reactor_events", state.reactor.events)
             stats.set(slot, "ratelimited", state.ratelimited)
+            stats.set(slot, "accept_errors", self.accept_errors)
             if state.limits is not None:
                 stats.set(slot, "ratelimit_log_only_over", state.limits.over_log_only)
                 stats.set(slot, "ratelimit_store_failures", state.limits.failures)
@@ -173,31 +209,11 @@ class Worker:
         self.state.pool.close_all()
 
 
-def parse_args(argv):
-    p = argparse.ArgumentParser(prog="edge-worker")
-    p.add_argument("--slot", type=int, required=True)
-    p.add_argument("--cell", type=int, default=None, help="stats cell (default: the slot's own)")
-    p.add_argument("--routes", required=True)
-    p.add_argument("--stats", required=True)
-    p.add_argument("--ratelimit", default=None, help="rate-limit counter segment")
-    p.add_argument("--ratelimit-redis", default=os.environ.get("EDGE_RATELIMIT_REDIS") or None,
-                   help="the fleet counter store (default: env EDGE_RATELIMIT_REDIS, set by the supervisor)")
-    p.add_argument("--ratelimit-budget-ms", type=float, default=20.0)
-    p.add_argument("--ratelimit-failure-mode", choices=("open", "deny"), default="open")
-    p.add_argument("--ctrl", type=int, required=True)
-    p.add_argument("--listen", action="append", default=[], help="PORT:FD")
-    p.add_argument("--header-timeout", type=float, default=10.0)
-    p.add_argument("--idle-timeout", type=float, default=300.0)
-    p.add_argument("--drain-timeout", type=float, default=30.0)
-    p.add_argument("--log-level", default="INFO")
-    return p.parse_args(argv)
-
-
 def main(argv=None) -> None:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    args = WorkerOptions.from_argv(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=args.log_level, format=f"%(asctime)s worker[{args.slot}] %(levelname)s %(message)s")
     _die_with_parent()
-    trio.run(Worker(args).run)
+    trio.run(Worker(args, workerspec.ratelimit_redis()).run)
 
 
 def _die_with_parent() -> None:
