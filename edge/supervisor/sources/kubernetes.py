@@ -8,6 +8,13 @@ One Reflector (list + watch) per kind. Events land here, in the supervisor's tri
   `endpoints_changed`: the supervisor re-fills endpoints and publishes without compiling.
 - Ingresses we serve get `status.loadBalancer` from the gateway's own Service (or a
   configured address).
+- A kind the cluster does not serve (Emissary OSS has no RateLimit CRD) or that RBAC
+  forbids does not hold anything up: it counts as listed, `statistics()` names it with
+  the reason, and it is retried; CustomResourceDefinitions are watched so that a CRD
+  installed later is listed at once (when that watch is forbidden too, the retries are
+  periodic). A kind that becomes unavailable after it was listed keeps its last objects,
+  as Emissary keeps serving them (a CRD's deletion deletes its objects first, so their
+  DELETED events arrive before the 404 does).
 
 Scope as Emissary: one namespace (AMBASSADOR_SINGLE_NAMESPACE), a label selector
 (AMBASSADOR_LABEL_SELECTOR) on getambassador.io objects, Ingresses and the Services whose
@@ -36,12 +43,20 @@ log = logging.getLogger("edge.kubernetes")
 AMBASSADOR_KINDS = ("Mapping", "Host", "Listener", "Module", "TCPMapping", "TLSContext", "AuthService",
                     "RateLimit", "KubernetesServiceResolver", "KubernetesEndpointResolver", "ConsulResolver")
 SERVICES = Resource("", "v1", "services", "Service")
-SECRETS = Resource("", "v1", "secrets", "Secret")
 ENDPOINT_SLICES = Resource("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice")
 # Kubernetes before 1.21 serves EndpointSlices as v1beta1 only; the fields we read are the same
 ENDPOINT_SLICES_BETA = Resource("discovery.k8s.io", "v1beta1", "endpointslices", "EndpointSlice")
 INGRESSES = Resource("networking.k8s.io", "v1", "ingresses", "Ingress")
 INGRESS_CLASSES = Resource("networking.k8s.io", "v1", "ingressclasses", "IngressClass", namespaced=False)
+CRDS = Resource("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition",
+                namespaced=False)
+
+
+def _crd_summary(crd: dict) -> dict:
+    """All we need of a CRD (whose schemas are large): its names."""
+    spec = crd.get("spec") or {}
+    return {"metadata": {k: v for k, v in (crd.get("metadata") or {}).items() if k in ("name", "resourceVersion")},
+            "spec": {"group": spec.get("group"), "names": {"plural": (spec.get("names") or {}).get("plural")}}}
 
 
 @dataclass(frozen=True)
@@ -70,30 +85,31 @@ def _labels_match(selector: str, labels: dict) -> bool:
 class KubernetesSource:
     """Call `run(send, endpoints_changed)`; it sends Snapshots on `send` until cancelled."""
 
-    def __init__(self, api, scope: Scope, book: EndpointBook, *, watch_timeout: float = 300.0):
+    def __init__(self, api, scope: Scope, book: EndpointBook, *, watch_timeout: float = 300.0,
+                 page_size: int = 500, unavailable_retry: float = 60.0):
         self.api = api
         self.scope = scope
         self.book = book
         namespace = scope.ambassador_namespace if scope.single_namespace else None
         limiter = trio.CapacityLimiter(64)  # the watch threads must not starve getaddrinfo's
 
-        def reflector(resource: Resource, selected: bool = False, field_selector: str = "",
-                      fallback: Resource | None = None) -> Reflector:
+        def reflector(resource: Resource, selected: bool = False, fallback: Resource | None = None,
+                      transform=None) -> Reflector:
             return Reflector(api, resource, self._on_event, namespace=namespace if resource.namespaced else None,
                              label_selector=scope.label_selector if selected else "",
-                             field_selector=field_selector, watch_timeout=watch_timeout, limiter=limiter,
-                             fallback=fallback)
+                             watch_timeout=watch_timeout, limiter=limiter, fallback=fallback,
+                             page_size=page_size, unavailable_retry=unavailable_retry, transform=transform)
 
         self.reflectors = [reflector(Resource("getambassador.io", "v3alpha1", kind.lower() + "s", kind), True)
                            for kind in AMBASSADOR_KINDS]
-        self.reflectors += [reflector(SERVICES), reflector(ENDPOINT_SLICES, fallback=ENDPOINT_SLICES_BETA), reflector(INGRESSES, True),
-                            reflector(INGRESS_CLASSES), reflector(SECRETS, field_selector="type=kubernetes.io/tls")]
+        self.reflectors += [reflector(SERVICES), reflector(ENDPOINT_SLICES, fallback=ENDPOINT_SLICES_BETA),
+                            reflector(INGRESSES, True), reflector(INGRESS_CLASSES),
+                            reflector(CRDS, transform=_crd_summary)]
         self.parts: dict[tuple[str, str, str], tuple[list[RawObject], list[Diagnostic]]] = {}
         self.slice_owner: dict[tuple[str, str], tuple[str, str]] = {}
         self.ingresses: dict[tuple[str, str], dict] = {}
         self.ingress_classes: dict[tuple[str, str], dict] = {}
         self._classes: tuple[set[str], bool] = (set(), False)  # ours, and whether one is the default
-        self.secrets: dict[tuple[str, str], dict] = {}
         self.status_writes = 0
         self.status_errors = 0
         self._config_changed = trio.Event()
@@ -119,8 +135,12 @@ class KubernetesSource:
             for ing in list(self.ingresses):
                 self._translate_ingress(ing)
             self._status_changed.set()
-        elif kind == "Secret":
-            self._store(self.secrets, key, obj)
+        elif kind == "CustomResourceDefinition" and obj is not None:
+            spec = obj.get("spec") or {}
+            for r in self.reflectors:
+                if r.unavailable is not None and (r.resource.group, r.resource.plural) == \
+                        (spec.get("group"), (spec.get("names") or {}).get("plural")):
+                    r.retry_now()  # added, or established: it may be served now
 
     @staticmethod
     def _store(store: dict, key, obj) -> None:
@@ -181,25 +201,33 @@ class KubernetesSource:
     def synced(self) -> bool:
         return all(r.synced.is_set() for r in self.reflectors)
 
+    def unavailable(self) -> dict[str, str]:
+        """Kinds that cannot be listed (not served, forbidden) -> why."""
+        return {r.resource.kind: r.unavailable for r in self.reflectors if r.unavailable is not None}
+
     def statistics(self) -> dict:
         return {
             "synced": self.synced(),
-            "stale": not all(r.connected for r in self.reflectors),
+            "stale": any(r.stale for r in self.reflectors),
+            "unavailable": self.unavailable(),
             "kinds": {r.resource.kind: r.statistics() for r in self.reflectors},
             "ingress_status_writes": self.status_writes,
             "ingress_status_errors": self.status_errors,
         }
 
     async def run(self, send: trio.MemorySendChannel, endpoints_changed: Callable[[], None]) -> None:
-        """Watch until cancelled. The first Snapshot is sent once every kind is listed."""
+        """Watch until cancelled. The first Snapshot is sent once every kind is listed (or
+        known to be unavailable); transient errors hold it back."""
         self._endpoints_changed = endpoints_changed
         async with trio.open_nursery() as nursery:
             for r in self.reflectors:
                 nursery.start_soon(r.run)
             for r in self.reflectors:
                 await r.synced.wait()
-            log.info("kubernetes: %d kinds listed, %d objects", len(self.reflectors),
-                     sum(len(r.items) for r in self.reflectors))
+            missing = self.unavailable()
+            log.info("kubernetes: %d kinds listed, %d objects%s", len(self.reflectors) - len(missing),
+                     sum(len(r.items) for r in self.reflectors),
+                     f"; unavailable: {', '.join(sorted(missing))}" if missing else "")
             nursery.start_soon(self._write_ingress_status)
             while True:
                 self._config_changed = trio.Event()

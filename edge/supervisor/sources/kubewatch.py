@@ -7,6 +7,16 @@ bookmarks advance it); 410 Gone, or any other break that leaves no resourceVersi
 resume from, means a fresh list whose difference from what we held is delivered as
 events, so an object deleted during the gap is deleted here too. Errors back off
 exponentially (with jitter) up to a cap; the last state is kept meanwhile.
+
+Lists are paginated (`limit` / `continue`, `page_size` objects a page); a continue token
+that expired meanwhile (410) means listing again from the first page.
+
+A kind the API server does not serve (404: its CRD is not installed) or that we may not
+read (403: RBAC) is *unavailable*: that is not an error to back off from but a state. It
+counts as synced (with whatever objects were last listed: zero if it never was, else
+those objects are kept and served, and the kind reports itself stale), is logged once
+when it starts and once when it ends, and is retried every `unavailable_retry` seconds at
+most, or at once when `retry_now()` is called (the source does on a CRD event).
 """
 
 from __future__ import annotations
@@ -43,6 +53,22 @@ class Resource:
             return f"{base}/namespaces/{namespace}/{self.plural}"
         return f"{base}/{self.plural}"
 
+    @property
+    def custom(self) -> bool:
+        """Served by a CustomResourceDefinition (not a built-in group)."""
+        return "." in self.group and not self.group.endswith(".k8s.io")
+
+    def unavailable_reason(self, exc: ApiException) -> str:
+        if exc.status == 404:
+            what = (f"CRD {self.plural}.{self.group} not installed (or not serving {self.version})" if self.custom
+                    else f"{self.group or 'core'}/{self.version} {self.plural} not served")
+            return f"not served by the API server (404): {what}"
+        try:
+            message = json.loads(exc.body or "{}").get("message") or ""
+        except (ValueError, AttributeError):
+            message = ""
+        return f"forbidden (403): {message or exc.reason or 'RBAC denies ' + self.plural}"[:300]
+
 
 class Gone(Exception):
     """The resourceVersion we watch from is too old (410): list again."""
@@ -53,6 +79,7 @@ class WatchError(Exception):
 
 
 OnEvent = Callable[[Resource, tuple[str, str], dict | None], None]
+UNAVAILABLE = (403, 404)  # statuses that mean "this kind is not for us", not a fault
 API_ERRORS = (ApiException, urllib3.exceptions.HTTPError, OSError, ValueError, WatchError)
 
 
@@ -60,12 +87,14 @@ class Reflector:
     """Keeps `items` ((namespace, name) -> object) equal to the API server's view of one
     resource and calls `on_event(resource, key, object or None)` in the trio thread for
     every change. `synced` is set after the first successful list; `connected` is False
-    while the API server cannot be reached."""
+    while the API server cannot be reached; `unavailable` is the reason (or None) why the
+    kind cannot be listed at all (404, 403)."""
 
     def __init__(self, api: client.ApiClient, resource: Resource, on_event: OnEvent, *,
                  namespace: str | None = None, label_selector: str = "", field_selector: str = "",
                  watch_timeout: float = 300.0, limiter: trio.CapacityLimiter | None = None,
-                 fallback: Resource | None = None):
+                 fallback: Resource | None = None, page_size: int = 500, unavailable_retry: float = 60.0,
+                 transform: Callable[[dict], dict] | None = None):
         self.api = api
         self.resource = resource
         self.on_event = on_event
@@ -75,6 +104,8 @@ class Reflector:
         self.watch_timeout = watch_timeout
         self.limiter = limiter
         self.fallback = fallback  # an older version to use when the server lacks `resource`
+        self.page_size = page_size
+        self.transform = transform  # what to keep of each object (all of it when None)
         self.items: dict[tuple[str, str], dict] = {}
         self.resource_version: str | None = None
         self.synced = trio.Event()
@@ -84,12 +115,31 @@ class Reflector:
         self.gone = 0
         self.errors = 0
         self.events = 0
+        self.pages = 0  # list requests, all lists together
+        self.last_list_pages = 0
+        self.list_restarts = 0  # lists begun again because a continue token expired
+        self.unavailable: str | None = None
+        self.unavailable_retries = 0
         self.backoff = Backoff()
+        self.unavailable_backoff = Backoff(first=1.0, cap=unavailable_retry)
+        self._retry = trio.Event()
+
+    @property
+    def stale(self) -> bool:
+        """What we hold may be out of date: the server is unreachable, or the kind became
+        unavailable after objects of it were listed (they are kept)."""
+        return not self.connected or (self.unavailable is not None and bool(self.items))
+
+    def retry_now(self) -> None:
+        """An unavailable kind may have become available (a CRD appeared): list it now."""
+        self._retry.set()
 
     def statistics(self) -> dict:
         return {"synced": self.synced.is_set(), "connected": self.connected, "objects": len(self.items),
                 "resource_version": self.resource_version, "lists": self.lists, "gone": self.gone,
-                "errors": self.errors, "events": self.events, "last_error": self.last_error}
+                "errors": self.errors, "events": self.events, "last_error": self.last_error,
+                "pages": self.pages, "last_list_pages": self.last_list_pages, "list_restarts": self.list_restarts,
+                "unavailable": self.unavailable, "unavailable_retries": self.unavailable_retries}
 
     async def run(self) -> None:
         """List and watch until cancelled. Never raises for API trouble: it backs off."""
@@ -107,6 +157,8 @@ class Reflector:
                     log.info("%s: %s is not served; using %s", self.resource.plural, self.resource.version,
                              self.fallback.version)
                     self.resource, self.fallback = self.fallback, None
+                elif exc.status in UNAVAILABLE:
+                    await self._unavailable(exc)
                 else:
                     await self._failed(exc)
             except Gone:
@@ -118,6 +170,31 @@ class Reflector:
         self.gone += 1
         self.resource_version = None
         log.info("%s: resourceVersion expired (410); listing again", self.resource.plural)
+
+    async def _unavailable(self, exc: ApiException) -> None:
+        reason = self.resource.unavailable_reason(exc)
+        if reason != self.unavailable:
+            kept = f"; keeping the {len(self.items)} objects listed before" if self.items else ""
+            log.warning("%s: %s; edge runs without them and retries%s", self.resource.plural, reason, kept)
+        else:
+            log.debug("%s: still unavailable: %s", self.resource.plural, reason)
+        self.unavailable = reason
+        self.unavailable_retries += 1
+        self.connected = True  # the server answered
+        self.last_error = ""
+        self.resource_version = None  # when it comes back, list it
+        self.backoff.reset()
+        self.synced.set()  # as listed, with what we hold (nothing, the first time)
+        with trio.move_on_after(self.unavailable_backoff.next()):
+            await self._retry.wait()
+        self._retry = trio.Event()
+
+    def _available(self) -> None:
+        if self.unavailable is not None:
+            log.info("%s: available again (%d objects); was: %s", self.resource.plural, len(self.items),
+                     self.unavailable)
+            self.unavailable = None
+        self.unavailable_backoff.reset()
 
     async def _failed(self, exc: Exception) -> None:
         self.errors += 1
@@ -134,27 +211,59 @@ class Reflector:
     def _get(self, query: list[tuple[str, str]], read_timeout: float) -> urllib3.HTTPResponse:
         return request(self.api, "GET", self.resource.path(self.namespace), query, timeout=(5, read_timeout))
 
-    async def _relist(self) -> None:
-        resp = await trio.to_thread.run_sync(lambda: self._get(self._query(), 60), abandon_on_cancel=True,
-                                             limiter=self.limiter)
+    def _get_json(self, query: list[tuple[str, str]], read_timeout: float) -> dict:
+        resp = self._get(query, read_timeout)
         try:
-            body = json.loads(resp.data)
+            return json.loads(resp.data)
         finally:
             resp.release_conn()
-        fresh = {}
-        for obj in body.get("items") or []:
-            meta = obj.get("metadata") or {}
-            fresh[(meta.get("namespace") or "", meta.get("name") or "")] = obj
+
+    async def _list(self) -> tuple[dict[tuple[str, str], dict], str | None]:
+        """Every object, page by page: (objects by key, the list's resourceVersion)."""
+        while True:
+            fresh: dict[tuple[str, str], dict] = {}
+            version, token, pages = None, "", 0
+            try:
+                while True:
+                    extra = {"limit": self.page_size} if self.page_size else {}
+                    if token:
+                        extra["continue"] = token
+                    query = self._query(**extra)
+                    body = await trio.to_thread.run_sync(self._get_json, query, 60, abandon_on_cancel=True,
+                                                         limiter=self.limiter)
+                    pages += 1
+                    self.pages += 1
+                    meta = body.get("metadata") or {}
+                    if version is None:
+                        version = meta.get("resourceVersion") or None  # every page has the first's
+                    for obj in body.get("items") or []:
+                        m = obj.get("metadata") or {}
+                        fresh[(m.get("namespace") or "", m.get("name") or "")] = \
+                            self.transform(obj) if self.transform else obj
+                    token = meta.get("continue") or ""
+                    if not token:
+                        self.last_list_pages = pages
+                        return fresh, version
+            except ApiException as exc:
+                if exc.status != 410 or not token:
+                    raise
+                self.list_restarts += 1
+                log.info("%s: the list's continue token expired (410) after %d pages; listing again",
+                         self.resource.plural, pages)
+
+    async def _relist(self) -> None:
+        fresh, version = await self._list()
         old, self.items = self.items, fresh
         self.lists += 1
         self.connected = True
         self.last_error = ""
+        self._available()
         for key in sorted(old.keys() - fresh.keys()):
             self.on_event(self.resource, key, None)
         for key, obj in sorted(fresh.items()):
             if _version(old.get(key)) != _version(obj):
                 self.on_event(self.resource, key, obj)
-        self.resource_version = (body.get("metadata") or {}).get("resourceVersion") or None
+        self.resource_version = version
         self.synced.set()
 
     def _watch_blocking(self, token: trio.lowlevel.TrioToken) -> None:
@@ -191,6 +300,7 @@ class Reflector:
             if self.items.pop(key, None) is not None:
                 self.on_event(self.resource, key, None)
         elif type_ in ("ADDED", "MODIFIED"):
+            obj = self.transform(obj) if self.transform else obj
             self.items[key] = obj
             self.on_event(self.resource, key, obj)
 
