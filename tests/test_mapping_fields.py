@@ -24,8 +24,8 @@ EMISSARY_V3ALPHA1_MAPPING = [
     ("prefix_exact", HONOURED), ("service", HONOURED), ("add_request_headers", HONOURED),
     ("add_response_headers", HONOURED), ("add_linkerd_headers", HONOURED),
     ("auto_host_rewrite", HONOURED), ("case_sensitive", HONOURED), ("dns_type", WARN),
-    ("docs", WARN), ("enable_ipv4", WARN), ("enable_ipv6", WARN), ("circuit_breakers", WARN),
-    ("keepalive", WARN), ("cors", DROP), ("retry_policy", WARN), ("respect_dns_ttl", WARN),
+    ("docs", WARN), ("enable_ipv4", WARN), ("enable_ipv6", WARN), ("circuit_breakers", DROP),
+    ("keepalive", WARN), ("cors", DROP), ("retry_policy", DROP), ("respect_dns_ttl", WARN),
     ("grpc", DROP), ("host_redirect", DROP), ("host_rewrite", HONOURED), ("method", HONOURED),
     ("method_regex", DROP), ("outlier_detection", WARN), ("path_redirect", DROP),
     ("prefix_redirect", DROP), ("regex_redirect", DROP), ("redirect_response_code", DROP),
@@ -35,7 +35,7 @@ EMISSARY_V3ALPHA1_MAPPING = [
     ("connect_timeout_ms", HONOURED), ("cluster_idle_timeout_ms", WARN),
     ("cluster_max_connection_lifetime_ms", WARN), ("timeout_ms", HONOURED),
     ("idle_timeout_ms", HONOURED), ("tls", DROP), ("health_checks", WARN), ("use_websocket", DROP),
-    ("allow_upgrade", DROP), ("weight", HONOURED), ("bypass_auth", WARN),
+    ("allow_upgrade", DROP), ("weight", HONOURED), ("bypass_auth", HONOURED),
     ("auth_context_extensions", WARN), ("bypass_error_response_overrides", WARN),
     ("error_response_overrides", WARN), ("modules", WARN), ("host", HONOURED),
     ("host_regex", HONOURED), ("hostname", HONOURED), ("headers", HONOURED),
@@ -85,7 +85,8 @@ ON = {
     "tls": "upstream-ctx", "v2ExplicitTLS": {"tls": "x"}, "cors": {"origins": ["*"]},
     "rate_limits": [{"descriptor": "a"}], "envoy_override": {"a": 1},
     "load_balancer": {"policy": "ring_hash", "header": "x-user"}, "v2BoolHeaders": ["x-a"],
-    "v2BoolQueryParameters": ["q"],
+    "v2BoolQueryParameters": ["q"], "retry_policy": {"retry_on": "5xx", "num_retries": 3},
+    "circuit_breakers": [{"max_connections": 10}],
 }
 
 
@@ -111,10 +112,48 @@ def test_a_drop_field_turned_off_is_served_without_a_word(spec):
     assert len(table.routes) == 1 and diags == []
 
 
-def test_round_robin_load_balancer_is_served_with_a_warning():
+def test_round_robin_is_what_edge_does_and_least_request_is_served_with_a_warning():
     table, diags = compile([_mapping(load_balancer={"policy": "round_robin"})])
+    assert len(table.routes) == 1 and diags == []
+    table, diags = compile([_mapping(load_balancer={"policy": "least_request"})])
     assert len(table.routes) == 1
     assert [(d.severity, d.field) for d in diags] == [("warning", "spec.load_balancer")]
+
+
+def _auth(name="auth", **spec) -> RawObject:
+    return RawObject("AuthService", "default", name, "t.yaml", {"auth_service": "ext-auth:3000", **spec})
+
+
+def test_an_authservice_is_an_error_and_only_mappings_that_bypass_auth_are_served():
+    table, diags = compile([_auth(), _mapping("open", prefix="/open/", bypass_auth=True),
+                            _mapping("guarded", prefix="/guarded/"), _mapping("off", prefix="/off/", bypass_auth=False)])
+    assert [t.mapping for r in table.routes for t in r.targets] == ["default/open"]
+    errors = sorted((d.kind, d.name, d.field) for d in diags if d.severity == "error")
+    assert errors == [("AuthService", "auth", "kind"), ("Mapping", "guarded", "spec.bypass_auth"),
+                      ("Mapping", "off", "spec.bypass_auth")]
+    guarded = next(d for d in diags if d.name == "guarded")
+    assert "AuthService default/auth is not served" in guarded.message and "unauthenticated" in guarded.message
+
+
+def test_bypass_auth_from_the_module_defaults_counts_and_without_an_authservice_nothing_is_dropped():
+    defaults = _module(defaults={"httpmapping": {"bypass_auth": True}})
+    table, diags = compile([_auth(), defaults, _mapping()])
+    assert len(table.routes) == 1
+    assert [(d.kind, d.severity) for d in diags] == [("AuthService", "error")]
+    table, diags = compile([_mapping(), _mapping("b", prefix="/b/", bypass_auth=True)])
+    assert len(table.routes) == 2 and diags == []
+
+
+def test_an_authservice_for_another_ambassador_id_changes_nothing():
+    table, diags = compile([_auth(ambassador_id=["other"]), _mapping()])
+    assert len(table.routes) == 1 and diags == []
+
+
+def test_kinds_edge_does_not_serve_are_warned_not_noticed():
+    tcp = RawObject("TCPMapping", "default", "t", "t.yaml", {"port": 5432, "service": "db:5432"})
+    table, diags = compile([tcp, _mapping()])
+    assert len(table.routes) == 1
+    assert [(d.kind, d.severity, d.field) for d in diags] == [("TCPMapping", "warning", "kind")]
 
 
 @pytest.mark.parametrize("name", sorted(n for n, r in FIELDS.items() if r.kind == WARN))
@@ -282,3 +321,16 @@ def test_host_and_hostname_both_set_uses_hostname_as_emissary_does():
     table, diags = compile([_mapping(host="a.example", hostname="b.example")])
     assert table.routes[0].host == "b.example"
     assert [(d.severity, d.field) for d in diags] == [("warning", "spec.host")]
+
+
+def test_edge_check_fails_on_an_authservice_and_names_the_guarded_mapping(tmp_path, capsys):
+    from edge.cli import check
+
+    (tmp_path / "auth.yaml").write_text(
+        "apiVersion: getambassador.io/v3alpha1\nkind: AuthService\nmetadata: {name: auth}\n"
+        "spec: {auth_service: 'ext-auth:3000'}\n---\n"
+        "apiVersion: getambassador.io/v3alpha1\nkind: Mapping\nmetadata: {name: api}\n"
+        "spec: {prefix: /api/, service: api}\n")
+    assert check([str(tmp_path)], "default", "default") == 1
+    out = capsys.readouterr().out
+    assert "Mapping default/api field spec.bypass_auth: AuthService default/auth is not served" in out

@@ -152,13 +152,13 @@ class FieldRule:
 
     HONOURED: parsed and served. DROP: when `when(value)` holds, serving the object without
     the field would send traffic somewhere else or answer differently than Emissary, so the
-    object is dropped with an error naming the field (`when` false: warn with `otherwise`,
-    or say nothing, e.g. `shadow: false`). WARN: tuning only; served without it, warned."""
+    object is dropped with an error naming the field (`when` false: warn with `otherwise`, a
+    message or a function of the value giving one, or say nothing, e.g. `shadow: false`). WARN: tuning only; served without it, warned."""
 
     kind: str
     message: str = ""
     when: Callable[[object], bool] = _set
-    otherwise: str = ""
+    otherwise: str | Callable[[object], str] = ""
 
 
 def check_fields(table: dict[str, FieldRule], spec: dict, path: str, what: str
@@ -175,8 +175,10 @@ def check_fields(table: dict[str, FieldRule], spec: dict, path: str, what: str
         elif rule.kind == DROP:
             if rule.when(value):
                 errors.append((where, rule.message))
-            elif rule.otherwise:
-                warnings.append((where, rule.otherwise))
+            else:
+                message = rule.otherwise(value) if callable(rule.otherwise) else rule.otherwise
+                if message:
+                    warnings.append((where, message))
         elif rule.kind == WARN:
             warnings.append((where, rule.message))
     return errors, warnings

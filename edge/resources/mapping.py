@@ -35,10 +35,19 @@ def _warn(message: str) -> FieldRule:
     return FieldRule(WARN, message, _always)
 
 
+def _policy(value) -> str:
+    return str(value.get("policy") if isinstance(value, dict) else value).lower()
+
+
 def _affinity(value) -> bool:
     """load_balancer policies that pin a client to an endpoint (edge balances round robin)."""
-    policy = value.get("policy") if isinstance(value, dict) else value
-    return str(policy).lower() in ("ring_hash", "maglev")
+    return _policy(value) in ("ring_hash", "maglev")
+
+
+def _lb_otherwise(value) -> str:
+    """round_robin is what edge does: honoured. least_request only spreads the same requests
+    over the same endpoints differently: a warning."""
+    return "" if _policy(value) == "round_robin" else "edge balances round robin over the endpoints; policy ignored"
 
 
 _OK = FieldRule(HONOURED)
@@ -86,22 +95,26 @@ FIELDS: dict[str, FieldRule] = {
                             "apply; Mapping dropped"),
     "load_balancer": _drop("session affinity (ring_hash, maglev) is not served by edge yet; Mapping "
                            "dropped so clients are not spread over endpoints they must not leave",
-                           when=_affinity,
-                           otherwise="edge balances round robin over the endpoints; policy ignored"),
+                           when=_affinity, otherwise=_lb_otherwise),
     "v2BoolHeaders": _drop("v2BoolHeaders (a converted v2 header-presence match) is not served by "
                            "edge; Mapping dropped so the header is not matched by value"),
     "v2BoolQueryParameters": _drop("v2BoolQueryParameters (a converted v2 presence match) is not "
                                    "served by edge; Mapping dropped so the parameter is not matched "
                                    "by value"),
+    # how many times, and how much, a request is tried: the issue that asked for this table
+    # counts both as meaning (a retried POST, a shed request); dropped until served
+    "retry_policy": _drop("retry_policy is not served by edge yet (requests are not retried); Mapping "
+                          "dropped so its clients do not see the upstream errors Emissary would retry"),
+    "circuit_breakers": _drop("circuit breakers are not served by edge yet; Mapping dropped so the "
+                              "upstream does not get more connections and requests than its limits allow"),
+    # with an AuthService, a Mapping without bypass_auth: true is dropped (compile.py): edge
+    # serves no external authentication, and serving it unauthenticated would expose it
+    "bypass_auth": _OK,
     # tuning: served without, with a warning
-    "bypass_auth": _warn("edge serves no AuthService; the request is not authenticated either way"),
     "auth_context_extensions": _warn("edge serves no AuthService; ignored"),
     "bypass_error_response_overrides": _warn("edge serves no error_response_overrides; ignored"),
     "error_response_overrides": _warn("error responses are not rewritten by edge yet; the upstream's "
                                       "and edge's own error bodies are sent as they are"),
-    "retry_policy": _warn("requests are not retried by edge yet (only a stale keep-alive connection "
-                          "is retried); ignored"),
-    "circuit_breakers": _warn("circuit breakers are not served by edge yet; ignored"),
     "outlier_detection": _warn("outlier detection is not served by edge yet; ignored"),
     "health_checks": _warn("active health checks are not served by edge yet; ignored"),
     "keepalive": _warn("upstream TCP keepalive settings are not served by edge yet; ignored"),

@@ -74,7 +74,8 @@ def compile(objects: Iterable[RawObject], options: CompileOptions = CompileOptio
     listeners = compile_listeners(selected.get("Listener", []), options, diags)
     hosts = compile_hosts(selected.get("Host", []), diags)
     resolvers = compile_resolvers(selected, module, diags)
-    mappings = compile_mappings(selected.get("Mapping", []), module, resolvers, diags)
+    mappings = compile_mappings(selected.get("Mapping", []), module, resolvers, diags,
+                                auth=selected.get("AuthService", []))
     routes, clusters = build_routes(mappings, module, diags)
     routes, clusters, internal = add_internal_routes(routes, clusters, module, options)
     vhosts = associate_hosts(hosts, routes, mappings, internal)
@@ -102,15 +103,19 @@ def select(objects: Iterable[RawObject], options: CompileOptions, diags: _Diags)
     """Keep supported kinds for our ambassador_id; drop duplicate identities."""
     by_key: dict[str, RawObject] = {}
     for obj in sorted(objects, key=lambda o: (o.key, o.source)):
-        if obj.kind not in SUPPORTED_KINDS:
-            diags.add("notice", obj, "kind", f"kind {obj.kind} is not served by edge yet; ignored")
-            continue
         try:
             ids = ambassador_ids(obj.spec)
         except Invalid as exc:
             diags.add("error", obj, exc.field, exc.message)
             continue
         if options.ambassador_id not in ids:
+            continue
+        if obj.kind == "AuthService":
+            # kept (not served): compile_mappings drops what it would have protected
+            diags.add("error", obj, "kind", "AuthService is not served by edge yet: every Mapping without "
+                      "bypass_auth: true is dropped, so nothing that needs authentication is served without it")
+        elif obj.kind not in SUPPORTED_KINDS:
+            diags.add("warning", obj, "kind", f"kind {obj.kind} is not served by edge yet; ignored")
             continue
         if obj.key in by_key:
             first = by_key[obj.key]
@@ -223,11 +228,16 @@ class _Mapping:
 
 
 def compile_mappings(objs: list[RawObject], module: ModuleSpec, resolvers: _Resolvers,
-                     diags: _Diags) -> list[_Mapping]:
+                     diags: _Diags, auth: list[RawObject] = ()) -> list[_Mapping]:
+    """The Mappings that can be served as written. With an AuthService (which edge does not
+    serve), only those with bypass_auth: true: the others would be served unauthenticated."""
     out = []
     defaults = module.mapping_defaults
+    guard = _auth_guard(auth)
     for obj in objs:
         errors, warnings = field_diagnostics(obj.spec)
+        if guard and obj.spec.get("bypass_auth", (defaults or {}).get("bypass_auth")) is not True:
+            errors.append(("spec.bypass_auth", guard))
         if defaults:  # what the Module's defaults.httpmapping gives this Mapping counts too
             inherited = field_diagnostics({k: v for k, v in defaults.items() if k not in obj.spec})
             errors += [(f, m + " (from the Module's defaults.httpmapping)") for f, m in inherited[0]]
@@ -250,6 +260,15 @@ def compile_mappings(objs: list[RawObject], module: ModuleSpec, resolvers: _Reso
             diags.add("warning", obj, "spec.host", "both host and hostname are set: host is ignored, as in Emissary")
         out.append(_Mapping(obj, spec, resolver))
     return out
+
+
+def _auth_guard(auth: list[RawObject]) -> str:
+    """The error for a Mapping an AuthService would protect, or "" without one."""
+    if not auth:
+        return ""
+    names = ", ".join(f"{a.namespace}/{a.name}" for a in auth)
+    return (f"AuthService {names} is not served by edge yet and this Mapping does not set bypass_auth: "
+            "true; Mapping dropped so it is never served unauthenticated")
 
 
 def group_key(spec: MappingSpec) -> tuple:
