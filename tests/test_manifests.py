@@ -92,8 +92,20 @@ def test_rbac_grants_exactly_what_the_kubernetes_source_uses():
     needed = {(r.resource.group, r.resource.plural, verb) for r in source.reflectors for verb in ("list", "watch")}
     needed |= {("networking.k8s.io", "ingresses/status", "patch")}
     assert needed <= granted, needed - granted
-    assert not {v for _, _, v in granted} & {"create", "delete", "deletecollection", "*"}
+    # exactly: no resource is granted that the source does not use, and only reading verbs
+    assert {(g, r) for g, r, _ in granted} == {(g, r) for g, r, _ in needed}
+    assert {v for _, _, v in granted} <= {"get", "list", "watch", "update", "patch"}
     assert {(g, r) for g, r, v in granted if v in ("update", "patch")} == {("networking.k8s.io", "ingresses/status")}
+
+
+def test_rbac_reads_secrets_nowhere():
+    """edge serves no TLS yet, so no Role or ClusterRole in any manifest names secrets (nor "*")."""
+    for path in MANIFESTS:
+        for doc in documents(path):
+            if doc["kind"] in ("Role", "ClusterRole"):
+                for rule in doc.get("rules", []):
+                    assert not {"secrets", "*"} & set(rule.get("resources", [])), (path.name, rule)
+                    assert "*" not in rule.get("apiGroups", []), (path.name, rule)
 
 
 def test_the_crds_cover_every_kind_the_source_watches():
