@@ -1,6 +1,7 @@
 """Shared-memory segments: the routes double buffer (seqlock) and per-worker stat cells.
 
-Segments live in /dev/shm under a per-instance prefix. The supervisor creates and unlinks
+Segments live in /dev/shm (or $EDGE_SHM_DIR, read at import, so workers started by the
+supervisor inherit it) under a per-instance prefix. The supervisor creates and unlinks
 them; workers only attach (plain mmap of the file, so no `resource_tracker` registers the
 attach and unlinks the segment when a worker exits). This module knows bytes, not msgpack.
 
@@ -21,7 +22,9 @@ import struct
 import time
 from dataclasses import dataclass
 
-SHM_DIR = "/dev/shm"
+# Where segments live: a memory-backed directory. Read when the module is imported (the
+# workers inherit the supervisor's environment); the functions below read it when called.
+SHM_DIR = os.environ.get("EDGE_SHM_DIR") or "/dev/shm"
 ROUTES_MAGIC = b"EDGERTBL"
 STATS_MAGIC = b"EDGESTAT"
 LAYOUT_VERSION = 1
@@ -86,8 +89,8 @@ def create_segment(name: str, size: int) -> mmap.mmap:
         os.close(fd)
 
 
-
-def _attach(name: str) -> mmap.mmap:
+def attach_segment(name: str) -> mmap.mmap:
+    """Map an existing segment, whole (workers: no resource_tracker, see above)."""
     fd = os.open(os.path.join(SHM_DIR, name), os.O_RDWR)
     try:
         return mmap.mmap(fd, os.fstat(fd).st_size)
@@ -177,7 +180,7 @@ class RoutesReader:
 
     def __init__(self, name: str):
         self.name = name
-        self._mem = _attach(name)
+        self._mem = attach_segment(name)
         magic, layout, _, _ = _HEAD.unpack_from(self._mem, 0)
         if magic != ROUTES_MAGIC or layout != LAYOUT_VERSION:
             raise LayoutMismatch(f"segment {name}: magic {magic!r} layout {layout}, expected {LAYOUT_VERSION}")
@@ -257,7 +260,7 @@ class StatCells:
             self._mem = create_segment(name, 16 + slots * _CELL_SIZE)
             _STATS_HEAD.pack_into(self._mem, 0, STATS_MAGIC, LAYOUT_VERSION, slots)
         else:
-            self._mem = _attach(name)
+            self._mem = attach_segment(name)
         magic, layout, self.slots = _STATS_HEAD.unpack_from(self._mem, 0)
         if magic != STATS_MAGIC or layout != LAYOUT_VERSION:
             raise LayoutMismatch(f"segment {name}: magic {magic!r} layout {layout}")

@@ -40,17 +40,22 @@ def upstream_b():
 class Edge:
     """A running `edge serve` (supervisor + workers) on free ports."""
 
-    def __init__(self, config_dir: Path, workers: int = 2, extra_args: tuple = (), env: dict | None = None):
+    def __init__(self, config_dir: Path, workers: int | None = 2, extra_args: tuple = (), env: dict | None = None,
+                 preexec_fn=None):
+        """`workers` None: no --workers (edge picks its default); an `env` value None
+        removes that variable; `preexec_fn` runs in the child before exec (affinity, rlimits)."""
         self.dir = config_dir
         self.port = free_port()
         self.admin_port = free_port()
         self.workers = workers
         (config_dir / "00-listener.yaml").write_text(listener_yaml(self.port))
         self.log = open(config_dir.parent / f"edge-{self.port}.log", "w+")
-        args = [sys.executable, "-m", "edge", "serve", "-c", str(config_dir), "--workers", str(workers),
+        args = [sys.executable, "-m", "edge", "serve", "-c", str(config_dir),
+                *(("--workers", str(workers)) if workers is not None else ()),
                 "--admin-addr", f"127.0.0.1:{self.admin_port}", "--dns-refresh", "1", *extra_args]
+        environ = {k: v for k, v in {**os.environ, **(env or {})}.items() if v is not None}
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT,
-                                     env={**os.environ, **(env or {})}, cwd=ROOT)
+                                     env=environ, cwd=ROOT, preexec_fn=preexec_fn)
         self.wait_ready()
 
     def write(self, name: str, text: str) -> None:
@@ -141,18 +146,43 @@ def fake_kube():
 def make_edge(tmp_path):
     started = []
 
-    def start(files: dict[str, str], workers: int = 2, extra_args: tuple = (), env: dict | None = None) -> Edge:
+    def start(files: dict[str, str], workers: int | None = 2, extra_args: tuple = (), env: dict | None = None,
+              preexec_fn=None) -> Edge:
         config = tmp_path / f"config{len(started)}"
         config.mkdir()
         for name, text in files.items():
             (config / name).write_text(text)
-        edge = Edge(config, workers, extra_args, env)
+        edge = Edge(config, workers, extra_args, env, preexec_fn)
         started.append(edge)
         return edge
 
     yield start
     for edge in started:
         edge.stop()
+
+
+@pytest.fixture
+def make_tmpfs(tmp_path):
+    """make_tmpfs("8m"): a real tmpfs of that size (a small /dev/shm), unmounted after the
+    test. Skips, saying why, where this process may not mount one (it needs CAP_SYS_ADMIN)."""
+    mounted = []
+
+    def make(size: str) -> Path:
+        where = tmp_path / f"tmpfs{len(mounted)}"
+        where.mkdir()
+        if shutil.which("mount") is None:
+            pytest.skip("no mount(8) here: cannot make a small tmpfs")
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=1777", "tmpfs", str(where)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here (needs CAP_SYS_ADMIN): {done.stderr.strip()}")
+        mounted.append(where)
+        return where
+
+    yield make
+    for where in reversed(mounted):
+        if subprocess.run(["umount", str(where)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(where)], check=True)  # still mapped by a process
 
 
 def resource(kind: str, name: str, spec: dict, labels: dict | None = None, namespace: str | None = None) -> str:

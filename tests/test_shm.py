@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import errno
 import multiprocessing
+import os
 import secrets
 import struct
 
 import pytest
 
-from edge.shm import LayoutMismatch, RoutesReader, RoutesWriter, StatCells, TornRead, unlink
+from edge import shm
+from edge.model import Diagnostic, RouteTable, Settings
+from edge.ratelimit.store import CounterStore
+from edge.shm import LayoutMismatch, NoSpace, RoutesReader, RoutesWriter, StatCells, TornRead, unlink
+from edge.supervisor.publish import NoRoomForTable, Publisher
 
 
 def _payload(n: int) -> bytes:
@@ -103,3 +109,112 @@ def test_stat_cells_one_writer_per_slot():
         worker.close()
     finally:
         owner.close()
+
+
+# ---- a /dev/shm without room (a real small tmpfs) ---------------------------------------
+
+@pytest.fixture
+def small_shm(make_tmpfs, monkeypatch):
+    """An 8 MiB tmpfs as SHM_DIR (what every segment function reads, in every module)."""
+    where = make_tmpfs("8m")
+    monkeypatch.setattr(shm, "SHM_DIR", str(where))
+    return where
+
+
+def _fill(where, leave: int) -> str:
+    """A ballast file that leaves `leave` bytes free: /dev/shm nearly full."""
+    path = os.path.join(where, "ballast")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        os.posix_fallocate(fd, 0, shm.shm_free() - leave)
+    finally:
+        os.close(fd)
+    return path
+
+
+def test_a_segment_is_reserved_whole_when_made(small_shm):
+    # tmpfs lets ftruncate make a file of any size and SIGBUSes the first write to a page
+    # it has no room for: the pages must be taken when the segment is made
+    before = shm.shm_free()
+    mem = shm.create_segment("edge-test-reserved", 4 << 20)
+    try:
+        assert before - shm.shm_free() >= 4 << 20
+    finally:
+        mem.close()
+        unlink("edge-test-reserved")
+
+
+def test_a_segment_without_room_is_no_space_naming_it_the_size_and_the_fix(small_shm):
+    with pytest.raises(NoSpace) as caught:
+        shm.create_segment("edge-test-toobig-routes-0", 16 << 20)
+    exc = caught.value
+    assert isinstance(exc, OSError) and exc.errno == errno.ENOSPC
+    message = str(exc)
+    assert "segment edge-test-toobig-routes-0" in message
+    assert "16,777,216 bytes" in message
+    assert f"in {small_shm} (" in message and f"emptyDir at {small_shm}" in message
+    assert "emptyDir.medium: Memory" in message
+    assert f"{exc.free:,} bytes free" in message and 7 << 20 < exc.free <= 8 << 20
+    assert os.listdir(small_shm) == []  # nothing half-made is left behind
+
+
+@pytest.mark.parametrize("make", [
+    lambda: RoutesWriter("edge-test-big-routes", slot_capacity=8 << 20),
+    lambda: StatCells("edge-test-big-stats", 70_000, create=True),
+    lambda: CounterStore("edge-test-big-ratelimit", 4, 1 << 16, create=True),
+], ids=["routes", "stats", "ratelimit"])
+def test_every_segment_kind_reserves_its_memory(small_shm, make):
+    with pytest.raises(NoSpace, match="edge-test-big-"):
+        make()
+    assert os.listdir(small_shm) == []
+
+
+def test_workers_attach_where_the_supervisor_made_the_segments(small_shm):
+    counters = CounterStore("edge-test-attach-ratelimit", 2, 16, create=True)
+    stats = StatCells("edge-test-attach-stats", 2, create=True)
+    try:
+        assert sorted(os.listdir(small_shm)) == ["edge-test-attach-ratelimit", "edge-test-attach-stats"]
+        assert CounterStore("edge-test-attach-ratelimit").cells == 2  # not looked for in /dev/shm
+        assert StatCells("edge-test-attach-stats").slots == 2
+    finally:
+        counters.close()
+        stats.close()
+    assert os.listdir(small_shm) == []
+
+
+def _table(pad: int) -> RouteTable:
+    """A table that encodes to about `pad` bytes."""
+    return RouteTable(Settings(), (), (), (), (), diagnostics=(
+        Diagnostic("warning", "test", "Pad", "", "pad", "", "x" * pad),))
+
+
+def test_a_table_that_outgrows_its_segment_without_room_is_rejected_whole(small_shm):
+    publisher = Publisher("edge-test-grow", slot_capacity=64 << 10)
+    reader = RoutesReader(publisher.first_segment)
+    try:
+        first = publisher.publish(_table(1000))
+        ballast = _fill(small_shm, leave=1 << 20)
+        # 600 kB needs a segment of 2 x 1.2 MB: there is 1 MiB
+        with pytest.raises(NoRoomForTable) as caught:
+            publisher.publish(_table(600_000))
+        assert isinstance(caught.value.cause, NoSpace)
+        assert "needs a bigger routes segment" in str(caught.value)
+        assert "segment edge-test-grow-routes-1" in str(caught.value)
+        assert publisher.current == first  # the last good table is still the one served
+        assert reader.read().generation == first.generation and reader.successor() is None
+        assert sorted(os.listdir(small_shm)) == ["ballast", "edge-test-grow-routes-0"]
+        # a table that still fits its slot is published meanwhile
+        second = publisher.publish(_table(2000))
+        assert second.generation == first.generation + 1
+        # with room again, the big one moves to the next segment and readers follow
+        os.unlink(ballast)
+        third = publisher.publish(_table(600_000))
+        assert third.generation == second.generation + 1
+        assert reader.successor() == "edge-test-grow-routes-1"
+        follower = RoutesReader(reader.successor())
+        assert follower.read().generation == third.generation
+        follower.close()
+    finally:
+        reader.close()
+        publisher.close()
+    assert os.listdir(small_shm) == []

@@ -15,11 +15,9 @@ platforms we run on (aligned 8 bytes); a bucket changing keys is cleared (key 0)
 
 from __future__ import annotations
 
-import mmap
-import os
 import struct
 
-from edge.shm import SHM_DIR, LayoutMismatch, create_segment, unlink
+from edge.shm import LayoutMismatch, attach_segment, create_segment, unlink
 
 MAGIC = 0x4C52454744454745  # "EGDEGERL"-ish tag, checked on attach
 LAYOUT = 1
@@ -40,11 +38,7 @@ class CounterStore:
                 raise ValueError(f"buckets must be a power of two, got {buckets}")
             self._mem = create_segment(name, segment_size(cells, buckets))  # NoSpace when /dev/shm is full
         else:
-            fd = os.open(os.path.join(SHM_DIR, name), os.O_RDWR)
-            try:
-                self._mem = mmap.mmap(fd, os.fstat(fd).st_size)
-            finally:
-                os.close(fd)
+            self._mem = attach_segment(name)
         if create:
             _HEAD.pack_into(self._mem, 0, MAGIC, LAYOUT, cells, buckets)
         magic, layout, self.cells, self.buckets = _HEAD.unpack_from(self._mem, 0)
