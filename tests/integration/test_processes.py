@@ -12,6 +12,7 @@ import time
 import httpx
 import pytest
 
+from edge import cpus
 from tests.conftest import mapping
 
 pytestmark = pytest.mark.integration
@@ -273,3 +274,20 @@ def test_sigterm_under_load_completes_every_request_sent_before_it(make_edge, up
     before = [outcome for sent, outcome in outcomes if sent < signalled]
     assert len(before) > 100, "the load barely ran"
     assert set(before) == {200}, collections.Counter(before)
+
+
+@pytest.mark.parametrize("cpuset", [{0}, {0, 1}], ids=["taskset-c-0", "taskset-c-0,1"])
+def test_without_workers_one_worker_per_cpu_it_may_use(make_edge, upstream, cpuset):
+    if not cpuset <= os.sched_getaffinity(0):
+        pytest.skip(f"this test may run on CPUs {sorted(os.sched_getaffinity(0))}, not {sorted(cpuset)}")
+    quota = cpus.host_quota()
+    if quota is not None and cpus.usable(len(cpuset), quota) < len(cpuset):
+        pytest.skip(f"this machine's cgroup quota ({quota:g} CPUs) allows fewer workers than {len(cpuset)}")
+    # as `taskset -c 0 edge serve -c DIR`, with neither --workers nor EDGE_WORKERS
+    edge = make_edge({"m.yaml": mapping("m", upstream.service, "/m/")}, workers=None, env={"EDGE_WORKERS": None},
+                     preexec_fn=lambda: os.sched_setaffinity(0, cpuset))
+    workers = edge.config()["workers"]
+    assert len(workers) == len(cpuset), workers
+    for worker in workers:
+        assert os.sched_getaffinity(worker["pid"]) == cpuset  # inherited: they run where edge may
+    assert httpx.get(edge.url("/m/")).status_code == 200
