@@ -3,6 +3,9 @@ covers exactly what the source watches, CRDs that accept Emissary's own YAML."""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import math
 from pathlib import Path
 
 import jsonschema
@@ -126,3 +129,318 @@ def test_emissary_quickstart_yaml_passes_the_crds_and_compiles_unchanged():
     assert [(r.path, t.cluster) for r in table.routes for t in r.targets] == [("/backend/", "cluster_quote_80_default")]
     assert [vh.hostname for vh in table.virtual_hosts] == ["host.example.com"]
     assert [listener.port for listener in table.listeners] == [8080]
+
+
+# ---- deploy variants ------------------------------------------------------------------------
+
+WORKLOAD_FILES = ("deployment-loadbalancer.yaml", "deployment-nodeport.yaml", "daemonset-hostnetwork.yaml")
+DEPLOYMENT_FILES = WORKLOAD_FILES[:2]
+SIZES = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30}
+
+
+def workload(name: str) -> dict:
+    docs = [d for d in documents(ROOT / "config/kubernetes" / name) if d["kind"] in ("Deployment", "DaemonSet")]
+    assert len(docs) == 1, name
+    return docs[0]
+
+
+def quantity(text) -> float:
+    """A Kubernetes quantity: "80Mi" -> bytes, "500m" -> 0.5, "2" -> 2."""
+    text = str(text)
+    if text.endswith("m"):
+        return int(text[:-1]) / 1000
+    number = text.rstrip("kMGTiE")
+    return float(number) * SIZES[text[len(number):]]
+
+
+def edge_container(pod_spec: dict) -> dict:
+    return next(c for c in pod_spec["containers"] if c["name"] == "edge")
+
+
+def env_of(container: dict) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+
+
+def listener_ports() -> set[int]:
+    return {d["spec"]["port"] for d in documents(ROOT / "config/kubernetes/listener.yaml") if d["kind"] == "Listener"}
+
+
+# ---- Pod Security Standards -------------------------------------------------------------
+# Each control of https://kubernetes.io/docs/concepts/security/pod-security-standards/ as of
+# Kubernetes 1.30, one function each, returning the offending fields (empty: the control
+# holds). Every control covers containers, initContainers and ephemeralContainers. The
+# Windows-only exemptions (spec.os.name: windows) are not modelled: edge runs on Linux, so
+# this is stricter than the admission plugin, never looser.
+
+BASELINE_CAPABILITIES = {"AUDIT_WRITE", "CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "MKNOD",
+                         "NET_BIND_SERVICE", "SETFCAP", "SETGID", "SETPCAP", "SETUID", "SYS_CHROOT"}
+SAFE_SYSCTLS = {"kernel.shm_rmid_forced", "net.ipv4.ip_local_port_range", "net.ipv4.ip_unprivileged_port_start",
+                "net.ipv4.tcp_syncookies", "net.ipv4.ping_group_range", "net.ipv4.ip_local_reserved_ports",
+                "net.ipv4.tcp_keepalive_time", "net.ipv4.tcp_fin_timeout", "net.ipv4.tcp_keepalive_intvl",
+                "net.ipv4.tcp_keepalive_probes"}
+SELINUX_TYPES = {None, "", "container_t", "container_init_t", "container_kvm_t"}
+RESTRICTED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
+                      "projected", "secret"}
+CONFINED_SECCOMP = {"RuntimeDefault", "Localhost"}
+
+
+def containers(spec: dict):
+    """(field path, container) of every container, init container and ephemeral container."""
+    for key in ("containers", "initContainers", "ephemeralContainers"):
+        for i, c in enumerate(spec.get(key) or []):
+            yield f"spec.{key}[{i}]", c
+
+
+def contexts(spec: dict):
+    """(field path, securityContext) of the pod and of every container."""
+    yield "spec.securityContext", spec.get("securityContext") or {}
+    for where, c in containers(spec):
+        yield f"{where}.securityContext", c.get("securityContext") or {}
+
+
+def host_process(pod):
+    return [f"{w}.windowsOptions.hostProcess" for w, sc in contexts(pod["spec"])
+            if (sc.get("windowsOptions") or {}).get("hostProcess")]
+
+
+def host_namespaces(pod):
+    return [f"spec.{f}" for f in ("hostNetwork", "hostPID", "hostIPC") if pod["spec"].get(f)]
+
+
+def privileged_containers(pod):
+    return [f"{w}.securityContext.privileged" for w, c in containers(pod["spec"])
+            if (c.get("securityContext") or {}).get("privileged")]
+
+
+def capabilities_baseline(pod):
+    return [f"{w}.securityContext.capabilities.add: {cap}" for w, c in containers(pod["spec"])
+            for cap in ((c.get("securityContext") or {}).get("capabilities") or {}).get("add") or []
+            if cap not in BASELINE_CAPABILITIES]
+
+
+def host_path_volumes(pod):
+    return [f"spec.volumes[{i}].hostPath" for i, v in enumerate(pod["spec"].get("volumes") or []) if "hostPath" in v]
+
+
+def host_ports(pod):
+    return [f"{w}.ports[{i}].hostPort" for w, c in containers(pod["spec"])
+            for i, p in enumerate(c.get("ports") or []) if p.get("hostPort")]
+
+
+def apparmor(pod):
+    out = [f"{w}.appArmorProfile.type" for w, sc in contexts(pod["spec"])
+           if (sc.get("appArmorProfile") or {}).get("type") not in (None, "RuntimeDefault", "Localhost")]
+    out += [f"metadata.annotations[{k}]" for k, v in ((pod.get("metadata") or {}).get("annotations") or {}).items()
+            if k.startswith("container.apparmor.security.beta.kubernetes.io/")
+            and not (v == "runtime/default" or v.startswith("localhost/"))]
+    return out
+
+
+def selinux(pod):
+    out = []
+    for w, sc in contexts(pod["spec"]):
+        options = sc.get("seLinuxOptions") or {}
+        if options.get("type") not in SELINUX_TYPES:
+            out.append(f"{w}.seLinuxOptions.type")
+        out += [f"{w}.seLinuxOptions.{f}" for f in ("user", "role") if options.get(f)]
+    return out
+
+
+def proc_mount(pod):
+    return [f"{w}.securityContext.procMount" for w, c in containers(pod["spec"])
+            if (c.get("securityContext") or {}).get("procMount") not in (None, "Default")]
+
+
+def seccomp_baseline(pod):
+    return [f"{w}.seccompProfile.type" for w, sc in contexts(pod["spec"])
+            if (sc.get("seccompProfile") or {}).get("type") not in (None, *CONFINED_SECCOMP)]
+
+
+def sysctls(pod):
+    return [f"spec.securityContext.sysctls: {s.get('name')}"
+            for s in (pod["spec"].get("securityContext") or {}).get("sysctls") or [] if s.get("name") not in SAFE_SYSCTLS]
+
+
+def volume_types(pod):
+    return [f"spec.volumes[{i}].{kind}" for i, v in enumerate(pod["spec"].get("volumes") or [])
+            for kind in v if kind != "name" and kind not in RESTRICTED_VOLUMES]
+
+
+def privilege_escalation(pod):
+    return [f"{w}.securityContext.allowPrivilegeEscalation" for w, c in containers(pod["spec"])
+            if (c.get("securityContext") or {}).get("allowPrivilegeEscalation") is not False]
+
+
+def running_as_non_root(pod):
+    """true at the pod level (containers may leave it unset), or on every container; false nowhere."""
+    pod_level = (pod["spec"].get("securityContext") or {}).get("runAsNonRoot")
+    out = ["spec.securityContext.runAsNonRoot"] if pod_level is False else []
+    for w, c in containers(pod["spec"]):
+        value = (c.get("securityContext") or {}).get("runAsNonRoot")
+        if value is False or (value is None and pod_level is not True):
+            out.append(f"{w}.securityContext.runAsNonRoot")
+    return out
+
+
+def running_as_non_root_user(pod):
+    return [f"{w}.runAsUser" for w, sc in contexts(pod["spec"]) if sc.get("runAsUser") == 0]
+
+
+def seccomp_restricted(pod):
+    """RuntimeDefault or Localhost at the pod level (containers may leave it unset), or on every container."""
+    pod_level = ((pod["spec"].get("securityContext") or {}).get("seccompProfile") or {}).get("type")
+    out = ["spec.securityContext.seccompProfile.type"] if pod_level not in (None, *CONFINED_SECCOMP) else []
+    for w, c in containers(pod["spec"]):
+        value = ((c.get("securityContext") or {}).get("seccompProfile") or {}).get("type")
+        if value not in (None, *CONFINED_SECCOMP) or (value is None and pod_level not in CONFINED_SECCOMP):
+            out.append(f"{w}.securityContext.seccompProfile.type")
+    return out
+
+
+def capabilities_restricted(pod):
+    out = []
+    for w, c in containers(pod["spec"]):
+        caps = (c.get("securityContext") or {}).get("capabilities") or {}
+        if "ALL" not in (caps.get("drop") or []):
+            out.append(f"{w}.securityContext.capabilities.drop")
+        out += [f"{w}.securityContext.capabilities.add: {cap}" for cap in caps.get("add") or []
+                if cap != "NET_BIND_SERVICE"]
+    return out
+
+
+PSS_CONTROLS = {
+    "baseline": {"HostProcess": host_process, "Host Namespaces": host_namespaces,
+                 "Privileged Containers": privileged_containers, "Capabilities": capabilities_baseline,
+                 "HostPath Volumes": host_path_volumes, "Host Ports": host_ports, "AppArmor": apparmor,
+                 "SELinux": selinux, "/proc Mount Type": proc_mount, "Seccomp": seccomp_baseline,
+                 "Sysctls": sysctls},
+    "restricted": {"Volume Types": volume_types, "Privilege Escalation": privilege_escalation,
+                   "Running as Non-root": running_as_non_root, "Running as Non-root user": running_as_non_root_user,
+                   "Seccomp": seccomp_restricted, "Capabilities": capabilities_restricted},
+}
+
+
+def pss_violations(pod: dict, level: str = "restricted") -> dict[str, list[str]]:
+    """{"baseline/Host Ports": [fields], ...} for every control of `level` (restricted includes
+    baseline) that `pod` (a pod template: metadata and spec) breaks."""
+    levels = ("baseline",) if level == "baseline" else ("baseline", "restricted")
+    found = {f"{lv}/{name}": check(pod) for lv in levels for name, check in PSS_CONTROLS[lv].items()}
+    return {k: v for k, v in found.items() if v}
+
+
+def admitted_pod(workload_doc: dict) -> dict:
+    """The pod template as the API server stores it, which is what admission checks: with
+    hostNetwork, every port's hostPort defaults to its containerPort."""
+    pod = copy.deepcopy(workload_doc["spec"]["template"])
+    if pod["spec"].get("hostNetwork"):
+        for _, c in containers(pod["spec"]):
+            for port in c.get("ports") or []:
+                port.setdefault("hostPort", port["containerPort"])
+    return pod
+
+
+@pytest.mark.parametrize("name", DEPLOYMENT_FILES)
+def test_the_deployments_pass_pod_security_restricted(name):
+    assert pss_violations(admitted_pod(workload(name)), "restricted") == {}
+
+
+def test_the_hostnetwork_daemonset_breaks_only_host_namespaces_and_host_ports():
+    """hostNetwork is the point of this variant, and implies host ports; every other
+    restricted control holds. README tells to label its namespace enforce: privileged."""
+    violations = pss_violations(admitted_pod(workload("daemonset-hostnetwork.yaml")), "restricted")
+    assert violations.keys() == {"baseline/Host Namespaces", "baseline/Host Ports"}, violations
+    assert violations["baseline/Host Namespaces"] == ["spec.hostNetwork"]
+
+
+def _init_container(pod):
+    """A copy of the edge container as an init container (compliant), for mutations of init containers."""
+    init = copy.deepcopy(edge_container(pod["spec"]))
+    init["name"] = "init"
+    for field in ("ports", "readinessProbe", "livenessProbe", "lifecycle"):
+        init.pop(field, None)
+    pod["spec"]["initContainers"] = [init]
+    return init
+
+
+def _ephemeral_container(pod, **security):
+    debug = {"name": "debug", "image": "busybox",
+             "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}, **security}}
+    pod["spec"]["ephemeralContainers"] = [debug]
+    return debug
+
+
+def _sc(pod):
+    return pod["spec"]["securityContext"]
+
+
+def _csc(pod):
+    return edge_container(pod["spec"])["securityContext"]
+
+
+# (id, mutation of a pod that passes restricted, the controls it must break, exactly)
+MUTATIONS = [
+    ("hostprocess-pod", lambda p: _sc(p).update(windowsOptions={"hostProcess": True}), {"baseline/HostProcess"}),
+    ("hostprocess-container", lambda p: _csc(p).update(windowsOptions={"hostProcess": True}),
+     {"baseline/HostProcess"}),
+    ("hostpid", lambda p: p["spec"].update(hostPID=True), {"baseline/Host Namespaces"}),
+    ("hostipc", lambda p: p["spec"].update(hostIPC=True), {"baseline/Host Namespaces"}),
+    ("privileged-ephemeral", lambda p: _ephemeral_container(p, privileged=True), {"baseline/Privileged Containers"}),
+    ("privileged", lambda p: _csc(p).update(privileged=True), {"baseline/Privileged Containers"}),
+    ("cap-sys-admin", lambda p: _csc(p)["capabilities"].update(add=["SYS_ADMIN"]),
+     {"baseline/Capabilities", "restricted/Capabilities"}),
+    ("cap-sys-admin-init", lambda p: _init_container(p)["securityContext"]["capabilities"].update(add=["NET_ADMIN"]),
+     {"baseline/Capabilities", "restricted/Capabilities"}),
+    ("cap-chown", lambda p: _csc(p)["capabilities"].update(add=["CHOWN"]), {"restricted/Capabilities"}),
+    ("no-drop-all-init", lambda p: _init_container(p)["securityContext"]["capabilities"].update(drop=["NET_RAW"]),
+     {"restricted/Capabilities"}),
+    ("no-drop-all-ephemeral", lambda p: _ephemeral_container(p)["securityContext"].pop("capabilities"),
+     {"restricted/Capabilities"}),
+    ("hostpath", lambda p: p["spec"]["volumes"].append({"name": "h", "hostPath": {"path": "/"}}),
+     {"baseline/HostPath Volumes", "restricted/Volume Types"}),
+    ("hostport", lambda p: edge_container(p["spec"])["ports"][0].update(hostPort=8080), {"baseline/Host Ports"}),
+    ("apparmor-unconfined", lambda p: _sc(p).update(appArmorProfile={"type": "Unconfined"}), {"baseline/AppArmor"}),
+    ("apparmor-annotation", lambda p: p["metadata"].setdefault("annotations", {}).update(
+        {"container.apparmor.security.beta.kubernetes.io/edge": "unconfined"}), {"baseline/AppArmor"}),
+    ("selinux-type", lambda p: _csc(p).update(seLinuxOptions={"type": "spc_t"}), {"baseline/SELinux"}),
+    ("selinux-user", lambda p: _sc(p).update(seLinuxOptions={"user": "system_u"}), {"baseline/SELinux"}),
+    ("procmount", lambda p: _csc(p).update(procMount="Unmasked"), {"baseline//proc Mount Type"}),
+    ("seccomp-unconfined-pod", lambda p: _sc(p).update(seccompProfile={"type": "Unconfined"}),
+     {"baseline/Seccomp", "restricted/Seccomp"}),
+    ("seccomp-unconfined-container", lambda p: _csc(p).update(seccompProfile={"type": "Unconfined"}),
+     {"baseline/Seccomp", "restricted/Seccomp"}),
+    ("seccomp-unset", lambda p: _sc(p).pop("seccompProfile"), {"restricted/Seccomp"}),
+    ("sysctl-unsafe", lambda p: _sc(p).update(sysctls=[{"name": "kernel.msgmax", "value": "1"}]),
+     {"baseline/Sysctls"}),
+    ("volume-nfs", lambda p: p["spec"]["volumes"].append({"name": "n", "nfs": {"server": "s", "path": "/"}}),
+     {"restricted/Volume Types"}),
+    ("escalation-unset", lambda p: _csc(p).pop("allowPrivilegeEscalation"), {"restricted/Privilege Escalation"}),
+    ("escalation-init", lambda p: _init_container(p)["securityContext"].update(allowPrivilegeEscalation=True),
+     {"restricted/Privilege Escalation"}),
+    ("nonroot-unset", lambda p: _sc(p).pop("runAsNonRoot"), {"restricted/Running as Non-root"}),
+    ("nonroot-false-container", lambda p: _csc(p).update(runAsNonRoot=False), {"restricted/Running as Non-root"}),
+    ("uid-0-pod", lambda p: _sc(p).update(runAsUser=0), {"restricted/Running as Non-root user"}),
+    ("uid-0-ephemeral", lambda p: _ephemeral_container(p, runAsUser=0), {"restricted/Running as Non-root user"}),
+    # allowed by restricted: the checker is not stricter than the standard either
+    ("cap-net-bind-service", lambda p: _csc(p)["capabilities"].update(add=["NET_BIND_SERVICE"]), set()),
+    ("sysctl-safe", lambda p: _sc(p).update(sysctls=[{"name": "net.ipv4.ip_unprivileged_port_start", "value": "0"}]),
+     set()),
+    ("seccomp-localhost-container", lambda p: _csc(p).update(
+        seccompProfile={"type": "Localhost", "localhostProfile": "edge.json"}), set()),
+    ("apparmor-runtime-default", lambda p: _sc(p).update(appArmorProfile={"type": "RuntimeDefault"}), set()),
+    ("nonroot-on-every-container", lambda p: (_sc(p).pop("runAsNonRoot"), _csc(p).update(runAsNonRoot=True)), set()),
+]
+
+
+def test_every_pod_security_control_has_a_mutation_that_breaks_it():
+    broken = set().union(*(expected for _, _, expected in MUTATIONS))
+    assert broken == {f"{lv}/{name}" for lv, controls in PSS_CONTROLS.items() for name in controls}
+
+
+@pytest.mark.parametrize("mutate, expected", [m[1:] for m in MUTATIONS], ids=[m[0] for m in MUTATIONS])
+def test_the_pod_security_check_catches_a_pod_that_breaks_a_control(mutate, expected):
+    pod = admitted_pod(workload("deployment-loadbalancer.yaml"))
+    assert pss_violations(pod) == {}
+    mutate(pod)
+    assert pss_violations(pod).keys() == expected
+    baseline_only = {k for k in expected if k.startswith("baseline/")}
+    assert pss_violations(pod, "baseline").keys() == baseline_only
