@@ -17,7 +17,7 @@ import resource
 import secrets
 import signal
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 
 import trio
 
@@ -69,15 +69,19 @@ class Options:
     admin_allow_remote_restart: bool = False  # POST /edge/v1/restart from other hosts too
 
 
+def worker_options(opts: Options, ratelimit: str | None) -> WorkerOptions:
+    """Every worker's options: each Options field that is also a WorkerOptions field (so a
+    setting declared in both reaches the workers with no line here), and the counter segment."""
+    shared = {f.name for f in fields(Options)} & {f.name for f in fields(WorkerOptions)}
+    return WorkerOptions(ratelimit=ratelimit, **{name: getattr(opts, name) for name in sorted(shared)})
+
+
 class Supervisor:
     def __init__(self, opts: Options):
         self.opts = opts
         self.prefix = f"edge-{os.getpid()}-{secrets.token_hex(4)}"
         self._create_segments()  # shm.NoSpace when /dev/shm has no room for them
-        worker = WorkerOptions(header_timeout=opts.header_timeout, idle_timeout=opts.idle_timeout,
-                               drain_timeout=opts.drain_timeout, log_level=opts.log_level,
-                               ratelimit=self.counters.name, ratelimit_budget_ms=opts.ratelimit_budget_ms,
-                               ratelimit_failure_mode=opts.ratelimit_failure_mode)
+        worker = worker_options(opts, ratelimit=self.counters.name)
         if opts.ratelimit_redis:
             # through the environment, not argv: the URL may carry a password, and argv is public
             os.environ[RATELIMIT_REDIS_ENV] = opts.ratelimit_redis
