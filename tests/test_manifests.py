@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 from pathlib import Path
 
 import jsonschema
@@ -13,9 +12,12 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from edge import cpus
+from edge.ratelimit import store as ratelimit_store
 from edge.resources.base import RawObject
 from edge.supervisor import compile as compiler
 from edge.supervisor.endpoints import EndpointBook
+from edge.supervisor.main import Options
 from edge.supervisor.sources.kubernetes import KubernetesSource, Scope
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -444,3 +446,199 @@ def test_the_pod_security_check_catches_a_pod_that_breaks_a_control(mutate, expe
     assert pss_violations(pod).keys() == expected
     baseline_only = {k for k in expected if k.startswith("baseline/")}
     assert pss_violations(pod, "baseline").keys() == baseline_only
+
+
+# ---- what the pod needs to run edge ------------------------------------------------------
+
+def _default(field: str):
+    return {f.name: f.default for f in dataclasses.fields(Options)}[field]
+
+
+def workers_bound(container: dict) -> int:
+    """How many workers edge starts in this container: EDGE_WORKERS, else the CPU limit
+    rounded up (edge.cpus.usable, on a node of any size)."""
+    env = env_of(container)
+    if "EDGE_WORKERS" in env:
+        return int(env["EDGE_WORKERS"])
+    return cpus.usable(1 << 16, quantity(container["resources"]["limits"]["cpu"]))
+
+
+def volume_at(pod_spec: dict, container: dict, path: str) -> dict:
+    mount = next(m for m in container.get("volumeMounts", []) if m["mountPath"] == path)
+    return next(v for v in pod_spec["volumes"] if v["name"] == mount["name"])
+
+
+@pytest.mark.parametrize("name", WORKLOAD_FILES)
+def test_the_root_filesystem_is_read_only_and_edge_writes_to_emptydirs(name):
+    """edge writes only to /dev/shm (its segments); /tmp is there for libraries (tempfile),
+    PYTHONDONTWRITEBYTECODE keeps Python from trying to write __pycache__."""
+    spec = workload(name)["spec"]["template"]["spec"]
+    for _, c in containers(spec):
+        assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    edge = edge_container(spec)
+    assert env_of(edge)["PYTHONDONTWRITEBYTECODE"] == "1"
+    shm, tmp = volume_at(spec, edge, "/dev/shm"), volume_at(spec, edge, "/tmp")
+    assert shm["emptyDir"]["medium"] == "Memory" and "sizeLimit" in shm["emptyDir"]
+    assert "emptyDir" in tmp and "sizeLimit" in tmp["emptyDir"]
+
+
+@pytest.mark.parametrize("name", WORKLOAD_FILES)
+def test_shm_and_memory_are_sized_for_the_table_cap_and_the_counters(name):
+    """/dev/shm holds the routes segments, the rate-limit counters and the stats cells.
+
+    Routes (edge/supervisor/publish.py): a table over EDGE_MAX_TABLE_MB (M) is refused; a
+    segment is two slots of capacity C, a table that does not fit makes a new segment with
+    C' = max(2 * needed, 2 * C) <= 2M, and retired segments stay until shutdown. Each C is at
+    most half the next, so all segments together are 2 * sum(C) <= 4 * C_last <= 8M.
+    Counters: edge.ratelimit.store.segment_size(2 * workers, buckets). Stats cells and segment
+    headers: far under the 1 MiB slack.
+
+    Memory: tmpfs pages count against the container's memory limit, and each process holds
+    decoded tables: measured, a 16.2 MiB table (78,000 Mappings) takes 238 MiB decoded in a
+    fresh process, so 16 bytes per encoded byte is allowed per table. A worker may hold two
+    (a request pins the old one across a swap), the supervisor one; plus 48 MiB per process
+    for the interpreter and libraries."""
+    spec = workload(name)["spec"]["template"]["spec"]
+    edge = edge_container(spec)
+    env = env_of(edge)
+    workers = workers_bound(edge)
+    max_table = quantity(env["EDGE_MAX_TABLE_MB"] + "Mi")  # stated, not the 256 MiB default
+    buckets = int(env.get("EDGE_RATELIMIT_BUCKETS", _default("ratelimit_buckets")))
+    shm_needed = 8 * max_table + ratelimit_store.segment_size(2 * workers, buckets) + (1 << 20)
+    shm_limit = quantity(volume_at(spec, edge, "/dev/shm")["emptyDir"]["sizeLimit"])
+    assert shm_limit >= shm_needed, (shm_limit / 2**20, shm_needed / 2**20)
+    memory = quantity(edge["resources"]["limits"]["memory"])
+    processes_need = (workers + 1) * (48 << 20) + (2 * workers + 1) * 16 * max_table
+    assert memory >= shm_limit + processes_need, (memory / 2**20, (shm_limit + processes_need) / 2**20)
+    assert quantity(edge["resources"]["requests"]["memory"]) <= memory
+
+
+@pytest.mark.parametrize("name", WORKLOAD_FILES)
+def test_a_cpu_limit_bounds_the_workers(name):
+    """Without limits.cpu (or EDGE_WORKERS) edge starts a worker per node CPU, and neither the
+    counters nor the memory above have a bound."""
+    edge = edge_container(workload(name)["spec"]["template"]["spec"])
+    assert "cpu" in edge["resources"]["limits"]
+    assert workers_bound(edge) == 2
+
+
+@pytest.mark.parametrize("name", WORKLOAD_FILES)
+def test_the_pod_drains_before_it_is_killed(name):
+    """preStop sleeps (the pod leaves the endpoints while it still serves), then SIGTERM
+    drains for up to EDGE_DRAIN_TIMEOUT; the kubelet's SIGKILL comes terminationGracePeriodSeconds
+    after the start of preStop."""
+    spec = workload(name)["spec"]["template"]["spec"]
+    edge = edge_container(spec)
+    command = edge["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "sleep" and len(command) == 2
+    drain = float(env_of(edge)["EDGE_DRAIN_TIMEOUT"])  # stated, so the numbers can be compared
+    assert spec["terminationGracePeriodSeconds"] > float(command[1]) + drain
+
+
+def admin_port(container: dict) -> int:
+    return int(env_of(container)["EDGE_ADMIN_ADDR"].rsplit(":", 1)[1])
+
+
+@pytest.mark.parametrize("name", WORKLOAD_FILES)
+def test_pods_that_prometheus_can_reach_carry_the_scrape_annotations(name):
+    """The admin server (with /metrics) on the pod IP: annotated. On loopback (the hostNetwork
+    DaemonSet keeps it off the node's network): no annotations, which would only make a
+    scrape target that always fails."""
+    template = workload(name)["spec"]["template"]
+    edge = edge_container(template["spec"])
+    host = env_of(edge)["EDGE_ADMIN_ADDR"].rsplit(":", 1)[0]
+    annotations = {k: v for k, v in (template["metadata"].get("annotations") or {}).items()
+                   if k.startswith("prometheus.io/")}
+    if host in ("127.0.0.1", "localhost", "::1", "[::1]"):
+        assert annotations == {} and name == "daemonset-hostnetwork.yaml"
+    else:
+        assert annotations == {"prometheus.io/scrape": "true", "prometheus.io/port": str(admin_port(edge)),
+                               "prometheus.io/path": "/metrics"}
+    if name in DEPLOYMENT_FILES:
+        assert annotations  # every Deployment is scraped
+
+
+@pytest.mark.parametrize("name", DEPLOYMENT_FILES)
+def test_each_deployment_has_a_pod_disruption_budget(name):
+    deployment = workload(name)
+    pdbs = [d for d in documents(ROOT / "config/kubernetes" / name) if d["kind"] == "PodDisruptionBudget"]
+    assert len(pdbs) == 1
+    pdb = pdbs[0]
+    assert pdb["apiVersion"] == "policy/v1" and pdb["spec"]["maxUnavailable"] == 1
+    assert pdb["metadata"]["namespace"] == deployment["metadata"]["namespace"]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert pdb["spec"]["selector"] == deployment["spec"]["selector"]
+
+
+def test_the_daemonset_paces_updates_itself_instead_of_a_pdb():
+    """A PDB is not meaningful for a DaemonSet (its pods are bound to their nodes, and drains
+    leave them); its rollouts are paced by updateStrategy."""
+    name = "daemonset-hostnetwork.yaml"
+    assert not [d for d in documents(ROOT / "config/kubernetes" / name) if d["kind"] == "PodDisruptionBudget"]
+    strategy = workload(name)["spec"]["updateStrategy"]
+    assert strategy["type"] == "RollingUpdate" and strategy["rollingUpdate"]["maxUnavailable"] == 1
+
+
+def test_no_service_exposes_the_admin_port():
+    for path in MANIFESTS:
+        docs = documents(path)
+        admin = {}
+        for d in docs:
+            if d["kind"] in ("Deployment", "DaemonSet"):
+                edge = edge_container(d["spec"]["template"]["spec"])
+                admin = {admin_port(edge)} | {p["name"] for p in edge["ports"] if p["containerPort"] == admin_port(edge)}
+        for service in (d for d in docs if d["kind"] == "Service"):
+            for port in service["spec"]["ports"]:
+                exposed = {port["port"], port.get("targetPort", port["port"])}
+                assert not exposed & ({8877} | admin), (path.name, port)
+
+
+@pytest.mark.parametrize("name", WORKLOAD_FILES)
+def test_ports_are_unprivileged_and_no_capability_is_added_for_them(name):
+    """The traffic port is listener.yaml's, 8080: a containerPort, and with nothing below 1024
+    bound, no capability is added (NET_BIND_SERVICE would be, only for such a port)."""
+    edge = edge_container(workload(name)["spec"]["template"]["spec"])
+    declared = {p["containerPort"] for p in edge["ports"]}
+    assert listener_ports() <= declared
+    bound = declared | listener_ports() | {admin_port(edge)}
+    added = set(edge["securityContext"]["capabilities"].get("add") or [])
+    if min(bound) < 1024:
+        assert added == {"NET_BIND_SERVICE"}
+    else:
+        assert added == set()
+    assert min(bound) >= 1024  # what the manifests do today: see README "On Kubernetes"
+
+
+# ---- CRDs beside Emissary ----------------------------------------------------------------
+
+# The CRDs Emissary-ingress 3.x (OSS) installs: emissary-ingress/emissary
+# manifests/emissary/emissary-crds.yaml.in, the same 14 in every tag v3.0.0 ... v3.10.0
+# (all stored as v2 with a conversion webhook, but Listener: v3alpha1 only). No RateLimit.
+EMISSARY_3_CRDS = {f"{plural}.getambassador.io" for plural in (
+    "authservices", "consulresolvers", "devportals", "hosts", "kubernetesendpointresolvers",
+    "kubernetesserviceresolvers", "listeners", "logservices", "mappings", "modules", "ratelimitservices",
+    "tcpmappings", "tlscontexts", "tracingservices")}
+
+
+def test_crds_beside_emissary_are_ours_that_emissary_lacks_and_the_same_definitions():
+    ours = {d["metadata"]["name"]: d for d in documents(ROOT / "config/kubernetes/crds.yaml")}
+    beside = {d["metadata"]["name"]: d for d in documents(ROOT / "config/kubernetes/crds-beside-emissary.yaml")}
+    assert all(d["kind"] == "CustomResourceDefinition" for d in beside.values())
+    assert beside.keys() == ours.keys() - EMISSARY_3_CRDS == {"ratelimits.getambassador.io"}
+    for crd_name, crd in beside.items():
+        assert crd == ours[crd_name]  # same group, names, versions and schemas
+
+
+def readme_section(title: str) -> str:
+    text = (ROOT / "README.md").read_text()
+    start = text.index(f"\n## {title}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start:end if end != -1 else len(text)]
+
+
+def test_readme_says_how_to_deploy_on_kubernetes():
+    section = readme_section("On Kubernetes")
+    for needed in ("crds.yaml", "crds-beside-emissary.yaml", "pod-security.kubernetes.io/enforce: privileged",
+                   "daemonset-hostnetwork.yaml", "EDGE_MAX_TABLE_MB", "PodDisruptionBudget"):
+        assert needed in section, needed
