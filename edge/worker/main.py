@@ -38,6 +38,29 @@ ACCEPT_BATCH = 64  # accepts in a row before the loop lets other tasks run
 _OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
+class AcceptErrors:
+    """Failed accepts: every one counted (the accept_errors stat), a warning at most once per
+    `every` seconds, saying how many failed since the last one. Out of descriptors, accept
+    fails for every pending connection at every try: one line per failure would flood the log."""
+
+    def __init__(self, every: float = ACCEPT_WARN_EVERY, clock=time.monotonic):
+        self.count = 0
+        self.every = every
+        self.clock = clock
+        self._warned: float | None = None  # clock time of the last warning
+        self._suppressed = 0  # failures since then, not logged
+
+    def failed(self, port: int, exc: OSError) -> None:
+        self.count += 1
+        now = self.clock()
+        if self._warned is not None and now - self._warned < self.every:
+            self._suppressed += 1
+            return
+        more = f" ({self._suppressed} more since the last warning)" if self._suppressed else ""
+        log.warning("accept on port %d: %s%s", port, exc, more)
+        self._warned, self._suppressed = now, 0
+
+
 class Worker:
     def __init__(self, args: WorkerOptions, ratelimit_redis: str | None = None):
         self.args = args
@@ -57,9 +80,7 @@ class Worker:
         self.listeners: dict[int, tuple[socket.socket, trio.CancelScope]] = {}
         self.parent = os.getppid()
         self.stopping = trio.Event()
-        self.accept_errors = 0  # accepts that failed (EMFILE and friends), for the stats cell
-        self._accept_warned = -ACCEPT_WARN_EVERY  # monotonic time of the last warning
-        self._accept_suppressed = 0  # failures since then, not logged
+        self.accept_errors = AcceptErrors()  # EMFILE and friends, for the stats cell
 
     async def run(self) -> None:
         self.stats.set(self.cell, "pid", os.getpid())
@@ -110,7 +131,7 @@ class Worker:
                         await trio.lowlevel.wait_readable(lsock)
                         continue
                     except OSError as exc:
-                        self._accept_failed(port, exc)
+                        self.accept_errors.failed(port, exc)
                         if exc.errno in _OUT_OF_RESOURCES:
                             # out of descriptors (or kernel memory): the pending connection
                             # stays in the accept queue; stop accepting for a moment (as nginx
@@ -125,17 +146,6 @@ class Worker:
                         await trio.lowlevel.checkpoint()
             finally:
                 lsock.close()
-
-    def _accept_failed(self, port: int, exc: OSError) -> None:
-        """Count a failed accept; warn at most once per ACCEPT_WARN_EVERY seconds."""
-        self.accept_errors += 1
-        now = time.monotonic()
-        if now - self._accept_warned < ACCEPT_WARN_EVERY:
-            self._accept_suppressed += 1
-            return
-        more = f" ({self._accept_suppressed} more since the last warning)" if self._accept_suppressed else ""
-        log.warning("accept on port %d: %s%s", port, exc, more)
-        self._accept_warned, self._accept_suppressed = now, 0
 
     async def _control(self) -> None:
         while True:
@@ -181,7 +191,7 @@ class Worker:
             stats.set(slot, "reactor_batches", state.reactor.batches)
             stats.set(slot, "reactor_events", state.reactor.events)
             stats.set(slot, "ratelimited", state.ratelimited)
-            stats.set(slot, "accept_errors", self.accept_errors)
+            stats.set(slot, "accept_errors", self.accept_errors.count)
             if state.limits is not None:
                 stats.set(slot, "ratelimit_log_only_over", state.limits.over_log_only)
                 stats.set(slot, "ratelimit_store_failures", state.limits.failures)
