@@ -41,9 +41,10 @@ class Edge:
     """A running `edge serve` (supervisor + workers) on free ports."""
 
     def __init__(self, config_dir: Path, workers: int | None = 2, extra_args: tuple = (), env: dict | None = None,
-                 preexec_fn=None):
+                 preexec_fn=None, admin_host: str = "127.0.0.1"):
         """`workers` None: no --workers (edge picks its default); an `env` value None
-        removes that variable; `preexec_fn` runs in the child before exec (affinity, rlimits)."""
+        removes that variable; `preexec_fn` runs in the child before exec (affinity, rlimits);
+        `admin_host` 0.0.0.0 binds the admin port on every address (still reached on loopback)."""
         self.dir = config_dir
         self.port = free_port()
         self.admin_port = free_port()
@@ -52,7 +53,7 @@ class Edge:
         self.log = open(config_dir.parent / f"edge-{self.port}.log", "w+")
         args = [sys.executable, "-m", "edge", "serve", "-c", str(config_dir),
                 *(("--workers", str(workers)) if workers is not None else ()),
-                "--admin-addr", f"127.0.0.1:{self.admin_port}", "--dns-refresh", "1", *extra_args]
+                "--admin-addr", f"{admin_host}:{self.admin_port}", "--dns-refresh", "1", *extra_args]
         environ = {k: v for k, v in {**os.environ, **(env or {})}.items() if v is not None}
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT,
                                      env=environ, cwd=ROOT, preexec_fn=preexec_fn)
@@ -147,12 +148,12 @@ def make_edge(tmp_path):
     started = []
 
     def start(files: dict[str, str], workers: int | None = 2, extra_args: tuple = (), env: dict | None = None,
-              preexec_fn=None) -> Edge:
+              preexec_fn=None, admin_host: str = "127.0.0.1") -> Edge:
         config = tmp_path / f"config{len(started)}"
         config.mkdir()
         for name, text in files.items():
             (config / name).write_text(text)
-        edge = Edge(config, workers, extra_args, env, preexec_fn)
+        edge = Edge(config, workers, extra_args, env, preexec_fn, admin_host)
         started.append(edge)
         return edge
 
