@@ -8,11 +8,27 @@ server does: HTTP 200 and an ERROR event with a 410 Status), create (201, 409 on
 duplicate), get, replace (PUT, 409 on a stale resourceVersion), merge/strategic patch,
 delete, and the `status` subresource.
 
+Lists are paginated as the real server does them: `limit` gives at most that many
+objects and an opaque `continue` token (with `remainingItemCount`) while more remain; the
+pages of one list are a consistent snapshot, all with the first page's resourceVersion. A
+token that expired (`expire_continue()`, or `expire()`: compaction ends them too) gets
+410 Gone with the Status body kube-apiserver writes.
+
+CustomResourceDefinitions behave as the real ones: creating one serves its kinds (each
+served version), deleting one deletes its objects (DELETED events), stops serving them and
+ends their watches. The getambassador.io kinds are served from the start without CRD
+objects unless `unserve()`d.
+
 Fault injection for tests: `failing[kind] = status` answers every request for a kind
-with that status; `gone_as_status` answers an expired watch with HTTP 410 instead of an
-ERROR event (both happen with real servers); `expire()` forgets the history (so every watch resuming from
-an old resourceVersion gets 410) and cuts open watches; `outage()` closes the port and
-every open connection, `recover()` listens again on the same port.
+with that status; `unserve(kind)` answers 404 (`404 page not found`, as for a kind whose
+CRD is not installed) and `serve(kind)` undoes it; `forbid(kind, verbs)` answers 403
+with the Forbidden Status RBAC writes (for `user`) and `allow(kind)` undoes it;
+`before_page(kind, page)` (a callable, None by default) runs before each page of a list is
+served (page 0 is the first); `gone_as_status` answers an expired watch with HTTP 410
+instead of an ERROR event (both happen with real servers); `expire()` forgets the history
+(so every watch resuming from an old resourceVersion gets 410) and cuts open watches;
+`cut()` ends every open watch; `outage()` closes the port and every open connection,
+`recover()` listens again on the same port.
 
 It is driven through the official client (`api_client()`); the contract tests in
 tests/test_fakekube.py run the same checks against a real kube-apiserver when one is given.
@@ -20,6 +36,7 @@ tests/test_fakekube.py run the same checks against a real kube-apiserver when on
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 import re
@@ -29,6 +46,7 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass
+from typing import Callable
 from urllib.parse import parse_qs, urlsplit
 
 from tests.fakehttp import FakeHandler, FakeServer
@@ -67,8 +85,39 @@ AMBASSADOR_KINDS = tuple(
         "KubernetesServiceResolver", "KubernetesEndpointResolver", "ConsulResolver"))
 
 
+CRD_KIND = Kind("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition",
+                namespaced=False)
+EXPIRED_CONTINUE = (
+    "The provided continue parameter is too old to display a consistent list result. You can start a new "
+    "list without the continue parameter, or use the continue token in this response to retrieve the "
+    "remainder of the results. Continuing with the provided token results in an inconsistent list - objects "
+    "that were created, modified, or deleted between the time the first chunk was returned and now may show "
+    "up in the list.")
+KEPT_LISTS = 256  # unfinished paginated lists remembered; older tokens get 410
+
+
 class _Closed(Exception):
     pass
+
+
+def crd(kind: Kind, versions: tuple[str, ...] | None = None) -> dict:
+    """A CustomResourceDefinition for `kind` (an open schema), as `kubectl apply` would send."""
+    return {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+            "metadata": {"name": f"{kind.plural}.{kind.group}"},
+            "spec": {"group": kind.group, "scope": "Namespaced" if kind.namespaced else "Cluster",
+                     "names": {"plural": kind.plural, "kind": kind.kind, "singular": kind.kind.lower(),
+                               "listKind": f"{kind.kind}List"},
+                     "versions": [{"name": v, "served": True, "storage": i == 0, "schema": {"openAPIV3Schema": {
+                         "type": "object", "x-kubernetes-preserve-unknown-fields": True}}}
+                         for i, v in enumerate(versions or (kind.version,))]}}
+
+
+def _crd_kinds(obj: dict) -> list[Kind]:
+    spec = obj.get("spec") or {}
+    names = spec.get("names") or {}
+    return [Kind(spec.get("group", ""), v["name"], names.get("plural", ""), names.get("kind", ""),
+                 spec.get("scope", "Namespaced") == "Namespaced")
+            for v in spec.get("versions") or [] if v.get("served", True)]
 
 
 class FakeKube(FakeServer):
@@ -85,9 +134,15 @@ class FakeKube(FakeServer):
         self.rv = 1000
         self.changed: dict[Kind, threading.Condition] = {}
         self.epoch = 0  # bumped by expire()/outage() to cut open watches
+        self.kind_epoch: dict[Kind, int] = {}  # bumped to end the watches of one kind (after its events)
         self.requests: list[tuple[str, str]] = []
         self.failing: dict[Kind, int] = {}  # kind -> HTTP status every request for it gets
+        self.unserved: set[Kind] = set()  # kinds answered with 404 (no CRD)
+        self.forbidden: dict[Kind, set[str]] = {}  # kind -> verbs answered with 403
+        self.user = "edge"  # who RBAC's messages name
         self.gone_as_status = False  # answer an expired watch with HTTP 410, not a 410 event
+        self.lists: dict[str, tuple[int, list[dict]]] = {}  # continue id -> (list rv, objects still to send)
+        self.before_page: Callable[[Kind, int], None] | None = None
         for kind in CORE_KINDS + AMBASSADOR_KINDS:
             self.register(kind)
 
@@ -98,9 +153,52 @@ class FakeKube(FakeServer):
         self.events.setdefault(kind, deque(maxlen=self.history))
         self.expired_before.setdefault(kind, self.rv + 1)  # nothing is known from before the start
         self.changed.setdefault(kind, threading.Condition(self.cond))
+        self.kind_epoch.setdefault(kind, 0)
 
     def kind(self, name: str) -> Kind:
         return next(k for k in self.kinds.values() if k.kind == name)
+
+    def unserve(self, kind: Kind) -> None:
+        """404 for the kind from now on (its objects are kept, out of sight); its open
+        watches end."""
+        with self.cond:
+            self.unserved.add(kind)
+            self._end_watches(kind)
+
+    def _end_watches(self, kind: Kind) -> None:
+        """The kind's open watches deliver what is pending and end (cleanly)."""
+        self.kind_epoch[kind] += 1
+        self.changed[kind].notify_all()
+
+    def serve(self, kind: Kind) -> None:
+        with self.cond:
+            self.unserved.discard(kind)
+
+    def forbid(self, kind: Kind, verbs=("get", "list", "watch")) -> None:
+        """403 for those verbs on the kind. Open watches go on, as with RBAC (call `cut()`
+        to end them)."""
+        with self.cond:
+            self.forbidden[kind] = set(verbs)
+
+    def allow(self, kind: Kind) -> None:
+        with self.cond:
+            self.forbidden.pop(kind, None)
+
+    def cut(self) -> None:
+        """End every open watch (as an API server restart or a load balancer does)."""
+        with self.cond:
+            self._cut()
+
+    def expire_continue(self) -> None:
+        """Every continue token handed out so far gets 410 Gone."""
+        with self.cond:
+            self.lists.clear()
+
+    def install_crd(self, kind: Kind) -> None:
+        """As `kubectl apply` of the kind's CRD: the kind is served, and a CRD ADDED event
+        is seen by CRD watches."""
+        code, body = self.create(CRD_KIND, "", crd(kind))
+        assert code in (201, 409), body
 
     @property
     def url(self) -> str:
@@ -115,6 +213,7 @@ class FakeKube(FakeServer):
             for kind in self.kinds.values():
                 self.events[kind].clear()
                 self.expired_before[kind] = self.rv + 1
+            self.lists.clear()  # a compaction ends every paginated list too
             self._cut()
 
     def _cut(self) -> None:
@@ -170,6 +269,13 @@ class FakeKube(FakeServer):
             obj["apiVersion"], obj["kind"] = kind.api_version, kind.kind
             meta.update(resourceVersion=str(self.rv), uid=str(uuid.uuid4()), generation=1,
                         creationTimestamp=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+            if kind == CRD_KIND:
+                obj["status"] = {"acceptedNames": obj.get("spec", {}).get("names", {}), "conditions": [
+                    {"type": "NamesAccepted", "status": "True"}, {"type": "Established", "status": "True"}]}
+                for served in _crd_kinds(obj):
+                    if (served.group, served.version, served.plural) not in self.kinds:
+                        self.register(served)
+                    self.unserved.discard(self.kinds[(served.group, served.version, served.plural)])
             self.objects[kind][key] = obj
             self._record(kind, "ADDED", obj)
             return 201, obj
@@ -217,10 +323,22 @@ class FakeKube(FakeServer):
             obj = self.objects[kind].pop(key, None)
             if obj is None:
                 return 404, _status(404, "NotFound", f'{kind.plural} "{key[1]}" not found')
+            if kind == CRD_KIND:  # as the real server: its objects first, then the kind goes
+                for served in _crd_kinds(obj):
+                    served = self.kinds.get((served.group, served.version, served.plural), served)
+                    for object_key in sorted(self.objects.get(served, {})):
+                        self.delete(served, object_key)
+                    if served in self.kind_epoch:
+                        self.unserved.add(served)
+                        self._end_watches(served)
             self.rv += 1
             obj["metadata"]["resourceVersion"] = str(self.rv)
             self._record(kind, "DELETED", obj)
             return 200, obj
+
+
+def _token(list_id: str, page: int) -> str:
+    return base64.urlsafe_b64encode(json.dumps({"id": list_id, "page": page}).encode()).decode().rstrip("=")
 
 
 def _status(code: int, reason: str, message: str) -> dict:
@@ -338,7 +456,34 @@ class _Handler(FakeHandler):
         return json.loads(self.rfile.read(n) or b"{}")
 
     def _not_found(self) -> None:
-        self._send_json(404, _status(404, "NotFound", f"the server could not find the requested resource {self.path}"))
+        """What kube-apiserver answers for a path no API group serves (a CRD not installed)."""
+        data = b"404 page not found\n"
+        self.send_response(404)
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _refused(self, kind: Kind, verb: str, namespace: str | None) -> bool:
+        """Answer as RBAC (403) or a missing CRD (404) would, if one applies: authorization
+        comes first in kube-apiserver, so a forbidden kind is 403 even when not served."""
+        fake = self.fake
+        with fake.cond:
+            forbidden = verb in fake.forbidden.get(kind, ())
+            unserved = kind in fake.unserved
+        if forbidden:
+            resource = f"{kind.plural}.{kind.group}" if kind.group else kind.plural
+            scope = f'in the namespace "{namespace}"' if namespace else "at the cluster scope"
+            body = _status(403, "Forbidden", f'{resource} is forbidden: User "{fake.user}" cannot {verb} resource '
+                                             f'"{kind.plural}" in API group "{kind.group}" {scope}')
+            body["details"] = {**({"group": kind.group} if kind.group else {}), "kind": kind.plural}
+            self._send_json(403, body)
+            return True
+        if unserved:
+            self._not_found()
+            return True
+        return False
 
     # ---- verbs ------------------------------------------------------------------------
     def do_GET(self) -> None:
@@ -347,6 +492,10 @@ class _Handler(FakeHandler):
         if route is None:
             return self._not_found()
         kind, namespace, name, sub = route
+        q = self._query()
+        verb = "get" if name is not None else "watch" if q.get("watch") in ("true", "1") else "list"
+        if self._refused(kind, verb, namespace):
+            return
         if kind in self.fake.failing:
             code = self.fake.failing[kind]
             return self._send_json(code, _status(code, "InternalError", "injected failure"))
@@ -356,19 +505,54 @@ class _Handler(FakeHandler):
             if obj is None:
                 return self._send_json(404, _status(404, "NotFound", f'{kind.plural} "{name}" not found'))
             return self._send_json(200, obj)
-        q = self._query()
         try:
             select = self._selector(q)
         except ValueError as exc:
             return self._send_json(400, _status(400, "BadRequest", str(exc)))
-        if q.get("watch") in ("true", "1"):
+        if verb == "watch":
             return self._watch(kind, namespace, select, q)
-        with self.fake.cond:
-            items = [copy.deepcopy(o) for (ns, _), o in sorted(self.fake.objects[kind].items())
-                     if (namespace is None or ns == namespace) and select(o)]
-            rv = self.fake.rv
-        self._send_json(200, {"kind": f"{kind.kind}List", "apiVersion": kind.api_version,
-                              "metadata": {"resourceVersion": str(rv)}, "items": items})
+        self._list(kind, namespace, select, q)
+
+    def _list(self, kind: Kind, namespace: str | None, select, q: dict[str, str]) -> None:
+        """A list, or one page of it (`limit`, `continue`): every page of one list comes
+        from the snapshot taken for its first page, as etcd serves them at one revision."""
+        fake = self.fake
+        try:
+            limit = int(q.get("limit") or 0)
+        except ValueError:
+            return self._send_json(400, _status(400, "BadRequest", f"invalid limit: {q.get('limit')!r}"))
+        token = q.get("continue") or ""
+        page = 0
+        if token:
+            try:
+                state = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+                list_id, page = state["id"], int(state["page"])
+            except (ValueError, KeyError, TypeError):
+                return self._send_json(400, _status(400, "BadRequest", "continue key is not valid: bad token"))
+        if fake.before_page is not None:
+            fake.before_page(kind, page)
+        with fake.cond:
+            if token:
+                kept = fake.lists.pop(list_id, None)
+                if kept is None:
+                    body = _status(410, "Expired", EXPIRED_CONTINUE)
+                    body["metadata"] = {"continue": _token(uuid.uuid4().hex, page)}  # an "inconsistent" one
+                    return self._send_json(410, body)
+                rv, items = kept
+            else:
+                items = [copy.deepcopy(o) for (ns, _), o in sorted(fake.objects[kind].items())
+                         if (namespace is None or ns == namespace) and select(o)]
+                rv = fake.rv
+            meta = {"resourceVersion": str(rv)}
+            if limit and len(items) > limit:
+                items, rest = items[:limit], items[limit:]
+                list_id = uuid.uuid4().hex
+                fake.lists[list_id] = (rv, rest)
+                while len(fake.lists) > KEPT_LISTS:
+                    fake.lists.pop(next(iter(fake.lists)))
+                meta.update({"continue": _token(list_id, page + 1), "remainingItemCount": len(rest)})
+        self._send_json(200, {"kind": f"{kind.kind}List", "apiVersion": kind.api_version, "metadata": meta,
+                              "items": items})
 
     def _selector(self, q: dict[str, str]):
         labels, fields = q.get("labelSelector", ""), q.get("fieldSelector", "")
@@ -388,7 +572,7 @@ class _Handler(FakeHandler):
         bookmarks = q.get("allowWatchBookmarks") in ("true", "1")
         pending: list[dict] = []
         with kube.cond:
-            epoch = kube.epoch
+            epoch, kind_epoch = kube.epoch, kube.kind_epoch[kind]
             since = q.get("resourceVersion") or ""
             if since in ("", "0"):
                 pending = [{"type": "ADDED", "object": copy.deepcopy(o)} for (ns, _), o in
@@ -416,18 +600,19 @@ class _Handler(FakeHandler):
                     batch = kube.events_since(kind, since_rv)
                     if not batch:
                         wait = min(deadline, last_bookmark + self.fake.bookmark_interval) - time.monotonic()
-                        if wait > 0 and kube.epoch == epoch:
+                        if wait > 0 and kube.epoch == epoch and kube.kind_epoch[kind] == kind_epoch:
                             kube.changed[kind].wait(wait)
                         batch = kube.events_since(kind, since_rv)
                     if kube.epoch != epoch:
                         raise _Closed
+                    ended = kube.kind_epoch[kind] != kind_epoch
                     current = kube.rv
                 for rv, type_, obj in batch:
                     since_rv = rv
                     if (namespace is None or obj["metadata"].get("namespace") == namespace) and select(obj):
                         self._chunk({"type": type_, "object": obj})
                 now = time.monotonic()
-                if now >= deadline:
+                if now >= deadline or ended:
                     return self._end()
                 if bookmarks and now - last_bookmark >= self.fake.bookmark_interval:
                     since_rv = max(since_rv, current)
@@ -446,12 +631,14 @@ class _Handler(FakeHandler):
         self.wfile.write(b"0\r\n\r\n")
         self.wfile.flush()
 
-    def _target(self):
+    def _target(self, verb: str):
         route = self._route()
         if route is None or route[2] is None:
             self._not_found()
             return None
         kind, namespace, name, sub = route
+        if self._refused(kind, verb, namespace):
+            return None
         return kind, (namespace or "", name), sub == "status"
 
     def do_POST(self) -> None:
@@ -459,27 +646,47 @@ class _Handler(FakeHandler):
         route = self._route()
         if route is None or route[2] is not None:
             return self._not_found()
+        if self._refused(route[0], "create", route[1]):
+            return
         code, body = self.fake.create(route[0], route[1] or "", self._body())
         self._send_json(code, body)
 
     def do_PUT(self) -> None:
         self.fake.requests.append(("PUT", self.path))
-        target = self._target()
+        target = self._target("update")
         if target is not None:
             self._send_json(*self.fake.replace(target[0], target[1], self._body(), target[2]))
 
     def do_PATCH(self) -> None:
         self.fake.requests.append(("PATCH", self.path))
-        target = self._target()
+        target = self._target("patch")
         if target is not None:
             self._send_json(*self.fake.patch(target[0], target[1], self._body(), target[2]))
 
     def do_DELETE(self) -> None:
         self.fake.requests.append(("DELETE", self.path))
-        target = self._target()
+        route = self._route()
+        if route is not None and route[2] is None:  # deletecollection
+            return self._delete_collection(*route[:2])
+        target = self._target("delete")
         if target is not None:
             self._body()
             self._send_json(*self.fake.delete(target[0], target[1]))
+
+    def _delete_collection(self, kind: Kind, namespace: str | None) -> None:
+        self._body()
+        if self._refused(kind, "deletecollection", namespace):
+            return
+        try:
+            select = self._selector(self._query())
+        except ValueError as exc:
+            return self._send_json(400, _status(400, "BadRequest", str(exc)))
+        with self.fake.cond:
+            keys = [k for k, o in sorted(self.fake.objects[kind].items())
+                    if (namespace is None or k[0] == namespace) and select(o)]
+            items = [self.fake.delete(kind, k)[1] for k in keys]
+        self._send_json(200, {"kind": f"{kind.kind}List", "apiVersion": kind.api_version,
+                              "metadata": {"resourceVersion": str(self.fake.rv)}, "items": items})
 
 
 FakeKube.handler = _Handler

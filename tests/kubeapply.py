@@ -6,7 +6,11 @@ from __future__ import annotations
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from edge.supervisor.sources.kubewatch import request
+
 AMBASSADOR = ("getambassador.io", "v3alpha1")
+AMBASSADOR_PLURALS = ("mappings", "hosts", "listeners", "modules", "tcpmappings", "tlscontexts", "authservices",
+                      "ratelimits", "kubernetesserviceresolvers", "kubernetesendpointresolvers", "consulresolvers")
 
 
 class Kube:
@@ -15,6 +19,8 @@ class Kube:
         self.custom = client.CustomObjectsApi(api)
         self.discovery = client.DiscoveryV1Api(api)
         self.networking = client.NetworkingV1Api(api)
+        self.ext = client.ApiextensionsV1Api(api)
+        self.api = api
 
     def _verbs(self, kind: str, namespace: str):
         """(create(body), replace(name, body), read(name), delete(name)) for a kind."""
@@ -57,6 +63,23 @@ class Kube:
 
     def delete(self, kind: str, name: str, namespace: str = "default") -> None:
         self._verbs(kind, namespace)[3](name)
+
+    def delete_everything_in(self, namespace: str) -> None:
+        """Every object edge reads in the namespace (deletecollection per kind; a kind not
+        served is skipped), so that a later test's edge watching every namespace does
+        not meet them. Namespaces themselves cannot go: that needs a controller manager."""
+        paths = [f"/apis/getambassador.io/v3alpha1/namespaces/{namespace}/{plural}" for plural in AMBASSADOR_PLURALS]
+        paths += [f"/apis/networking.k8s.io/v1/namespaces/{namespace}/ingresses",
+                  f"/apis/discovery.k8s.io/v1beta1/namespaces/{namespace}/endpointslices",
+                  f"/apis/discovery.k8s.io/v1/namespaces/{namespace}/endpointslices"]
+        for path in paths:
+            try:
+                request(self.api, "DELETE", path, timeout=(5, 120)).release_conn()
+            except ApiException as exc:
+                if exc.status not in (404, 405):
+                    raise
+        for svc in self.core.list_namespaced_service(namespace).items:  # no deletecollection for Services
+            self.core.delete_namespaced_service(svc.metadata.name, namespace)
 
 
 def ambassador(kind: str, name: str, spec: dict, namespace: str = "default", labels: dict | None = None) -> dict:

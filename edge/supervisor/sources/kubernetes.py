@@ -86,7 +86,7 @@ class KubernetesSource:
     """Call `run(send, endpoints_changed)`; it sends Snapshots on `send` until cancelled."""
 
     def __init__(self, api, scope: Scope, book: EndpointBook, *, watch_timeout: float = 300.0,
-                 page_size: int = 500, unavailable_retry: float = 60.0):
+                 page_size: int = 500, unavailable_retry: float = 60.0, unavailable_first: float | None = None):
         self.api = api
         self.scope = scope
         self.book = book
@@ -98,7 +98,8 @@ class KubernetesSource:
             return Reflector(api, resource, self._on_event, namespace=namespace if resource.namespaced else None,
                              label_selector=scope.label_selector if selected else "",
                              watch_timeout=watch_timeout, limiter=limiter, fallback=fallback,
-                             page_size=page_size, unavailable_retry=unavailable_retry, transform=transform)
+                             page_size=page_size, unavailable_retry=unavailable_retry,
+                             unavailable_first=unavailable_first, transform=transform)
 
         self.reflectors = [reflector(Resource("getambassador.io", "v3alpha1", kind.lower() + "s", kind), True)
                            for kind in AMBASSADOR_KINDS]
@@ -138,8 +139,10 @@ class KubernetesSource:
         elif kind == "CustomResourceDefinition" and obj is not None:
             spec = obj.get("spec") or {}
             for r in self.reflectors:
-                if r.unavailable is not None and (r.resource.group, r.resource.plural) == \
-                        (spec.get("group"), (spec.get("names") or {}).get("plural")):
+                # unavailable, or being listed (its answer may be a 404 from before this CRD)
+                if (r.unavailable is not None or r.resource_version is None) and \
+                        (r.resource.group, r.resource.plural) == (spec.get("group"),
+                                                                  (spec.get("names") or {}).get("plural")):
                     r.retry_now()  # added, or established: it may be served now
 
     @staticmethod

@@ -15,8 +15,13 @@ A kind the API server does not serve (404: its CRD is not installed) or that we 
 read (403: RBAC) is *unavailable*: that is not an error to back off from but a state. It
 counts as synced (with whatever objects were last listed: zero if it never was, else
 those objects are kept and served, and the kind reports itself stale), is logged once
-when it starts and once when it ends, and is retried every `unavailable_retry` seconds at
-most, or at once when `retry_now()` is called (the source does on a CRD event).
+when it starts (again only if the reason changes) and once when it ends, and is retried
+with a backoff from `unavailable_first` up to `unavailable_retry` seconds, or at once when
+`retry_now()` is called (the source does on a CRD event); after that, retries start over
+from a short delay, as the API server may take a moment to serve a CRD it just reported.
+It ends when a watch of the kind is established, not at a successful list: a kind we may
+list but not watch stays unavailable (and is listed again at each retry), rather than
+flapping between the two states at every retry.
 """
 
 from __future__ import annotations
@@ -80,6 +85,7 @@ class WatchError(Exception):
 
 OnEvent = Callable[[Resource, tuple[str, str], dict | None], None]
 UNAVAILABLE = (403, 404)  # statuses that mean "this kind is not for us", not a fault
+TRIGGERED_FIRST = 0.25  # s: the first delay of the retries after retry_now()
 API_ERRORS = (ApiException, urllib3.exceptions.HTTPError, OSError, ValueError, WatchError)
 
 
@@ -94,7 +100,7 @@ class Reflector:
                  namespace: str | None = None, label_selector: str = "", field_selector: str = "",
                  watch_timeout: float = 300.0, limiter: trio.CapacityLimiter | None = None,
                  fallback: Resource | None = None, page_size: int = 500, unavailable_retry: float = 60.0,
-                 transform: Callable[[dict], dict] | None = None):
+                 unavailable_first: float | None = None, transform: Callable[[dict], dict] | None = None):
         self.api = api
         self.resource = resource
         self.on_event = on_event
@@ -121,7 +127,10 @@ class Reflector:
         self.unavailable: str | None = None
         self.unavailable_retries = 0
         self.backoff = Backoff()
-        self.unavailable_backoff = Backoff(first=1.0, cap=unavailable_retry)
+        self.unavailable_retry = unavailable_retry
+        self.unavailable_first = min(1.0, unavailable_retry) if unavailable_first is None else unavailable_first
+        self.unavailable_backoff = Backoff(first=self.unavailable_first, cap=max(unavailable_retry,
+                                                                                 self.unavailable_first))
         self._retry = trio.Event()
 
     @property
@@ -131,7 +140,11 @@ class Reflector:
         return not self.connected or (self.unavailable is not None and bool(self.items))
 
     def retry_now(self) -> None:
-        """An unavailable kind may have become available (a CRD appeared): list it now."""
+        """An unavailable kind may have become available (a CRD appeared): list it now, and
+        if it is not served yet, again soon. Called while a list is on its way, the retry
+        after its 404 is at once."""
+        self.unavailable_backoff = Backoff(first=min(TRIGGERED_FIRST, self.unavailable_retry),
+                                           cap=self.unavailable_retry)
         self._retry.set()
 
     def statistics(self) -> dict:
@@ -139,7 +152,8 @@ class Reflector:
                 "resource_version": self.resource_version, "lists": self.lists, "gone": self.gone,
                 "errors": self.errors, "events": self.events, "last_error": self.last_error,
                 "pages": self.pages, "last_list_pages": self.last_list_pages, "list_restarts": self.list_restarts,
-                "unavailable": self.unavailable, "unavailable_retries": self.unavailable_retries}
+                "unavailable": self.unavailable, "unavailable_retries": self.unavailable_retries,
+                "stale": self.stale}
 
     async def run(self) -> None:
         """List and watch until cancelled. Never raises for API trouble: it backs off."""
@@ -190,11 +204,13 @@ class Reflector:
         self._retry = trio.Event()
 
     def _available(self) -> None:
+        """Listed and now watched: whatever made the kind unavailable is over."""
         if self.unavailable is not None:
             log.info("%s: available again (%d objects); was: %s", self.resource.plural, len(self.items),
                      self.unavailable)
             self.unavailable = None
-        self.unavailable_backoff.reset()
+            self.unavailable_backoff = Backoff(first=self.unavailable_first,
+                                               cap=max(self.unavailable_retry, self.unavailable_first))
 
     async def _failed(self, exc: Exception) -> None:
         self.errors += 1
@@ -257,7 +273,6 @@ class Reflector:
         self.lists += 1
         self.connected = True
         self.last_error = ""
-        self._available()
         for key in sorted(old.keys() - fresh.keys()):
             self.on_event(self.resource, key, None)
         for key, obj in sorted(fresh.items()):
@@ -287,6 +302,7 @@ class Reflector:
     def _mark_connected(self) -> None:
         self.connected = True
         self.last_error = ""
+        self._available()
 
     def _apply(self, type_: str, obj: dict) -> None:
         meta = obj.get("metadata") or {}
