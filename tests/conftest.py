@@ -19,8 +19,6 @@ from bench.targets import free_port, listener_yaml  # noqa: F401 (tests import f
 from tests.upstream import Upstream
 
 ROOT = Path(__file__).resolve().parent.parent
-REALKUBE = ROOT.parent / "shared" / "tools" / "realkube.sh"
-CACHED = Path(os.environ.get("REALKUBE_CACHE", Path.home() / ".cache" / "realkube")) / "kube-apiserver"
 
 @pytest.fixture
 def upstream():
@@ -57,7 +55,11 @@ class Edge:
         environ = {k: v for k, v in {**os.environ, **(env or {})}.items() if v is not None}
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT,
                                      env=environ, cwd=ROOT, preexec_fn=preexec_fn)
-        self.wait_ready()
+        try:
+            self.wait_ready()
+        except BaseException:  # not handed to make_edge: stop it here, or it outlives the test
+            self.stop()
+            raise
 
     def write(self, name: str, text: str) -> None:
         """Replace a config file atomically, as editors and kubectl-style tools do."""
@@ -118,20 +120,31 @@ class Edge:
 
 
 @pytest.fixture(scope="session")
-def real_kubeconfig(tmp_path_factory):
+def real_kube(tmp_path_factory):
+    """A real kube-apiserver 1.20 with RBAC and etcd on loopback, one for the session
+    (tests/realkube.py): `admin_kubeconfig` (system:masters), `edge_kubeconfig` (user
+    "edge", allowed nothing until a test binds a role to it). Skipped when the binary
+    ../shared/tools/realkube.sh builds is not cached here."""
+    from tests import realkube
+
+    if not realkube.available():
+        pytest.skip("no real kube-apiserver here: build one with ../shared/tools/realkube.sh build "
+                    "(about 4 min); the same cases ran against the fake")
+    kube = realkube.RealKube(tmp_path_factory.mktemp("realkube")).start()
+    try:
+        yield kube
+    finally:
+        kube.stop()
+
+
+@pytest.fixture(scope="session")
+def real_kubeconfig(request):
+    """An admin kubeconfig of a real API server: REALKUBE_KUBECONFIG when set, else the
+    session's `real_kube`."""
     given = os.environ.get("REALKUBE_KUBECONFIG")
     if given:
-        yield given
-        return
-    if not (CACHED.exists() and REALKUBE.exists() and shutil.which("etcd")):
-        pytest.skip("no real kube-apiserver here: set REALKUBE_KUBECONFIG, or build one with "
-                    "../shared/tools/realkube.sh build (about 4 min); the same cases ran against the fake")
-    state = tmp_path_factory.mktemp("realkube")
-    subprocess.run([str(REALKUBE), "start", str(state)], check=True, capture_output=True, timeout=120)
-    try:
-        yield str(state / "kubeconfig")
-    finally:
-        subprocess.run([str(REALKUBE), "stop", str(state)], capture_output=True, timeout=60)
+        return given
+    return request.getfixturevalue("real_kube").admin_kubeconfig
 
 
 @pytest.fixture

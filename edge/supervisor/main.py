@@ -81,6 +81,13 @@ class Supervisor:
         self.opts = opts
         self.prefix = f"edge-{os.getpid()}-{secrets.token_hex(4)}"
         self._create_segments()  # shm.NoSpace when /dev/shm has no room for them
+        try:
+            self._init_rest(opts)
+        except BaseException:  # e.g. an unreadable kubeconfig: leave no segment behind
+            self.close_segments()
+            raise
+
+    def _init_rest(self, opts: Options) -> None:
         worker = worker_options(opts, ratelimit=self.counters.name)
         if opts.ratelimit_redis:
             # through the environment, not argv: the URL may carry a password, and argv is public

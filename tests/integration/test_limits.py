@@ -185,6 +185,16 @@ def test_edge_serve_without_room_for_its_segments_exits_with_one_line(make_tmpfs
     assert os.listdir(shm_dir) == []  # the stats segment made before it is removed
 
 
+def test_edge_serve_failing_at_start_leaves_no_segment(make_tmpfs, tmp_path):
+    shm_dir = make_tmpfs("32m")
+    done = subprocess.run(
+        [sys.executable, "-m", "edge", "serve", "--kubernetes", "--kubeconfig", str(tmp_path / "missing"),
+         "--workers", "1", "--admin-addr", f"127.0.0.1:{free_port()}"],
+        env={**os.environ, "EDGE_SHM_DIR": str(shm_dir)}, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert os.listdir(shm_dir) == []  # made before the kubeconfig was read, removed when it failed
+
+
 # ---- the admin port from another host ------------------------------------------------------
 
 def own_ipv4_addresses() -> list[str]:
