@@ -157,3 +157,13 @@ def test_no_other_copy_of_a_worker_default():
             if literal.search(line) or flag.search(line):
                 found.append(f"{path.relative_to(EDGE.parent)}:{number}: {line.strip()}")
     assert not found, "\n".join(found)
+
+
+def test_edge_serve_help_says_the_default_worker_count_here(monkeypatch, capsys):
+    monkeypatch.setenv("COLUMNS", "100")
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["serve", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "default: CPUs available to this process: affinity and cgroup quota" in text
+    assert f"e.g. {cpus.describe()}" in text
+    assert "--admin-allow-remote-restart" in text and "others get 403" in text
