@@ -209,8 +209,8 @@ class Reflector:
             log.info("%s: available again (%d objects); was: %s", self.resource.plural, len(self.items),
                      self.unavailable)
             self.unavailable = None
-            self.unavailable_backoff = Backoff(first=self.unavailable_first,
-                                               cap=max(self.unavailable_retry, self.unavailable_first))
+        self.unavailable_backoff = Backoff(first=self.unavailable_first,
+                                           cap=max(self.unavailable_retry, self.unavailable_first))
 
     async def _failed(self, exc: Exception) -> None:
         self.errors += 1
