@@ -79,7 +79,8 @@ class Kube:
                 if exc.status not in (404, 405):
                     raise
         for svc in self.core.list_namespaced_service(namespace).items:  # no deletecollection for Services
-            self.core.delete_namespaced_service(svc.metadata.name, namespace)
+            # raw: client 37 cannot read the Status a Service's deletion answers with
+            request(self.api, "DELETE", f"/api/v1/namespaces/{namespace}/services/{svc.metadata.name}").release_conn()
 
 
 def ambassador(kind: str, name: str, spec: dict, namespace: str = "default", labels: dict | None = None) -> dict:

@@ -119,12 +119,25 @@ def render_diag(data: dict) -> str:
     resources = "".join(
         f"<tr><td>{html.escape(r['kind'])}</td><td>{html.escape(r['namespace'])}/{html.escape(r['name'])}</td>"
         f"<td>{html.escape(r['source'])}</td></tr>" for r in data["resources"])
+    kube = data.get("kubernetes")
+    kube_html = ""
+    if kube is not None:  # kinds edge runs without (no CRD, forbidden by RBAC), with the reason
+        kinds = "".join(
+            f"<tr><td>{html.escape(kind)}</td><td>{html.escape(reason)}</td>"
+            f"<td>{kube['kept'].get(kind, 0)}</td></tr>" for kind, reason in sorted(kube["unavailable"].items()))
+        state = "synced" if kube["synced"] else "not synced yet"
+        if kube["stale"]:
+            state += "; stale: " + html.escape(", ".join(kube["stale_kinds"]) or "the API server is unreachable")
+        kube_html = (
+            f"<h2>Kubernetes</h2><p>{state}</p>"
+            + ("<h3>Unavailable kinds</h3><table border='1'><tr><th>kind</th><th>reason</th>"
+               f"<th>objects kept</th></tr>{kinds}</table>" if kinds else "<p>every kind is read</p>"))
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>edge diagnostics</title></head><body>"
         f"<h1>edge diagnostics</h1><p>table version {html.escape(str(data['version']))}, "
         f"generation {data['generation']}</p>"
         "<h2>Errors</h2><table border='1'><tr><th>severity</th><th>kind</th><th>object</th><th>field</th>"
-        f"<th>message</th><th>source</th></tr>{rows}</table>"
+        f"<th>message</th><th>source</th></tr>{rows}</table>{kube_html}"
         "<h2>Resources</h2><table border='1'><tr><th>kind</th><th>object</th><th>source</th></tr>"
         f"{resources}</table></body></html>")
 

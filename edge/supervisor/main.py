@@ -350,7 +350,7 @@ class Supervisor:
     def diag(self) -> dict:
         objects = self.snapshot.objects if self.snapshot else ()
         current = self.publisher.current
-        return {
+        out = {
             "version": current.version if current else None,
             "generation": current.generation if current else 0,
             "resources": [{"kind": o.kind, "namespace": o.namespace, "name": o.name, "source": o.source}
@@ -358,6 +358,14 @@ class Supervisor:
             "errors": [asdict(d) for d in self.all_diagnostics()],
             "routes": len(self.compiled.routes) if self.compiled else 0,
         }
+        if self.kube is not None:  # kinds not read (no CRD, RBAC) and kinds whose objects may be old
+            stats = self.kube.statistics()
+            out["kubernetes"] = {"synced": stats["synced"], "stale": stats["stale"],
+                                 "unavailable": stats["unavailable"],
+                                 "kept": {kind: k["objects"] for kind, k in stats["kinds"].items()
+                                          if k["unavailable"] is not None and k["objects"]},
+                                 "stale_kinds": sorted(kind for kind, k in stats["kinds"].items() if k["stale"])}
+        return out
 
     def metrics(self) -> dict[str, float]:
         current = self.publisher.current

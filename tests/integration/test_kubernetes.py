@@ -1,10 +1,16 @@
-"""edge serve --kubernetes against the fake API server, driven through the official client."""
+"""edge serve --kubernetes against the fake API server, driven through the official client,
+and against a real kube-apiserver (tests/realkube.py: RBAC on, edge as an unprivileged user
+bound to the roles config/kubernetes/rbac.yaml ships): some CRDs not installed and a kind
+forbidden, a CRD installed later, 10,000 Mappings listed in pages."""
 
 from __future__ import annotations
 
+import html
+import json
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import httpx
@@ -13,7 +19,7 @@ import trio
 import yaml
 
 from bench.loadgen import LoadGenerator
-from tests.conftest import free_port
+from tests.conftest import Edge, free_port
 from tests.kubeapply import Kube, ambassador, endpoint_slice, service
 
 pytestmark = pytest.mark.integration
@@ -236,15 +242,18 @@ def test_against_a_real_api_server(make_edge, real_kubeconfig, upstream, upstrea
     request(api, "POST", f"/apis/discovery.k8s.io/v1beta1/namespaces/{ns}/endpointslices", body=slice_).release_conn()
     kube.apply(ambassador("Mapping", "pods", {"prefix": "/pods/", "service": "pods",
                                               "resolver": "kubernetes-endpoint"}, namespace=ns))
-    edge = make_edge({}, extra_args=("--kubernetes", "--kubeconfig", real_kubeconfig))
-    wait_served(edge, "/m/", from_upstream("a"))
-    wait_served(edge, "/pods/", from_upstream("b"))
-    kube.apply(ambassador("Mapping", "m", {"prefix": "/m/", "service": upstream_b.service}, namespace=ns))
-    assert wait_served(edge, "/m/", from_upstream("b")) < 1.0
-    kube.delete("Mapping", "m", namespace=ns)
-    assert wait_served(edge, "/m/", status(404)) < 1.0
-    stats = edge.config()["sources"]["kubernetes"]
-    assert not stats["stale"] and stats["kinds"]["EndpointSlice"]["resource_version"]
+    try:
+        edge = make_edge({}, extra_args=("--kubernetes", "--kubeconfig", real_kubeconfig))
+        wait_served(edge, "/m/", from_upstream("a"))
+        wait_served(edge, "/pods/", from_upstream("b"))
+        kube.apply(ambassador("Mapping", "m", {"prefix": "/m/", "service": upstream_b.service}, namespace=ns))
+        assert wait_served(edge, "/m/", from_upstream("b")) < 1.0
+        kube.delete("Mapping", "m", namespace=ns)
+        assert wait_served(edge, "/m/", status(404)) < 1.0
+        stats = edge.config()["sources"]["kubernetes"]
+        assert not stats["stale"] and stats["kinds"]["EndpointSlice"]["resource_version"]
+    finally:  # a later edge watching every namespace must not meet these
+        kube.delete_everything_in(ns)
 
 
 def test_nothing_is_published_before_every_kind_is_listed(fake_kube, tmp_path, upstream):
@@ -289,3 +298,271 @@ def test_single_namespace_and_label_selector_scope_what_is_read(kube_edge, fake_
     assert httpx.get(edge.url("/elsewhere/")).status_code == 404
     requests = [path for method, path in fake_kube.requests if method == "GET" and "mappings" in path]
     assert requests and all("/namespaces/team-a/" in p and "labelSelector=gateway" in p for p in requests), requests
+
+
+# ---- against a real API server with RBAC: what Emissary OSS users have -------------------
+
+CRDS = ROOT / "config" / "kubernetes" / "crds.yaml"
+RBAC = ROOT / "config" / "kubernetes" / "rbac.yaml"
+EDGE_USER = {"kind": "User", "name": "edge", "apiGroup": "rbac.authorization.k8s.io"}
+ABSENT = "ratelimits.getambassador.io"  # Emissary OSS installs no RateLimit CRD
+FORBIDDEN = "tlscontexts"  # and here RBAC does not let edge read TLSContexts
+
+
+class PatientEdge(Edge):
+    """An Edge with a generous bound for getting ready: the real API server, 10,000 objects
+    and a busy machine."""
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        super().wait_ready(timeout)
+
+    def whole_log(self) -> str:
+        self.log.flush()
+        return Path(self.log.name).read_text()
+
+
+@pytest.fixture
+def real_edge(tmp_path):
+    started = []
+
+    def start(kubeconfig: str, extra_args: tuple = ()) -> PatientEdge:
+        config = tmp_path / f"config{len(started)}"
+        config.mkdir()
+        edge = PatientEdge(config, workers=2, extra_args=("--kubernetes", "--kubeconfig", kubeconfig, *extra_args))
+        started.append(edge)
+        return edge
+
+    yield start
+    for edge in started:
+        edge.stop()
+
+
+def _create_or_replace(create, replace, read, body: dict) -> None:
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        create(body)
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+        current = read()
+        replace({**body, "metadata": {**body["metadata"], "resourceVersion": current.metadata.resource_version}})
+
+
+def grant_edge(api, forbid: set[str]) -> None:
+    """Bind to User "edge" what config/kubernetes/rbac.yaml binds to edge's ServiceAccount
+    (read now: the shipped roles are what is tested), without the resources in `forbid`."""
+    from kubernetes import client
+
+    rbac, core = client.RbacAuthorizationV1Api(api), client.CoreV1Api(api)
+    docs = [d for d in yaml.safe_load_all(RBAC.read_text()) if d]
+    assert any(d["kind"] in ("ClusterRoleBinding", "RoleBinding") for d in docs), "rbac.yaml binds no role"
+    for doc in docs:
+        kind, meta = doc["kind"], doc["metadata"]
+        ns = meta.get("namespace")
+        name = f"test-{meta['name']}"
+        if kind in ("ClusterRole", "Role"):
+            rules = []
+            for rule in doc.get("rules") or []:
+                resources = [r for r in rule.get("resources") or [] if r.split("/")[0] not in forbid]
+                if resources or not rule.get("resources"):
+                    rules.append({**rule, "resources": resources} if rule.get("resources") else rule)
+            body = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": kind,
+                    "metadata": {"name": name, **({"namespace": ns} if ns else {})}, "rules": rules}
+        elif kind in ("ClusterRoleBinding", "RoleBinding"):
+            body = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": kind,
+                    "metadata": {"name": name, **({"namespace": ns} if ns else {})},
+                    "roleRef": {**doc["roleRef"], "name": f"test-{doc['roleRef']['name']}"}, "subjects": [EDGE_USER]}
+        else:
+            continue
+        if ns:
+            _create_or_replace(lambda b: core.create_namespace(b), lambda b: None,
+                               lambda: core.read_namespace(ns), {"metadata": {"name": ns}})
+        suffix = {"ClusterRole": "cluster_role", "Role": "namespaced_role", "ClusterRoleBinding": "cluster_role_binding",
+                  "RoleBinding": "namespaced_role_binding"}[kind]
+        args = (ns,) if ns else ()
+        _create_or_replace(lambda b: getattr(rbac, f"create_{suffix}")(*args, b),
+                           lambda b: getattr(rbac, f"replace_{suffix}")(name, *args, b),
+                           lambda: getattr(rbac, f"read_{suffix}")(name, *args), body)
+
+
+def install_crds(api, names: set[str] | None = None, timeout: float = 60.0) -> None:
+    """Create the CRDs of crds.yaml (those in `names`, or all) and wait until each is Established."""
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    ext = client.ApiextensionsV1Api(api)
+    wanted = [c for c in yaml.safe_load_all(CRDS.read_text()) if names is None or c["metadata"]["name"] in names]
+    for crd in wanted:
+        try:
+            ext.create_custom_resource_definition(crd)
+        except ApiException as exc:
+            assert exc.status == 409, exc.body
+    deadline = time.monotonic() + timeout
+    for crd in wanted:
+        while not any(c.type == "Established" and c.status == "True"
+                      for c in ext.read_custom_resource_definition(crd["metadata"]["name"]).status.conditions or []):
+            assert time.monotonic() < deadline, f"{crd['metadata']['name']} not established"
+            time.sleep(0.1)
+
+
+def remove_crd(api, name: str, timeout: float = 60.0) -> None:
+    """Delete a CRD (and so its objects) and wait until it is gone."""
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    ext = client.ApiextensionsV1Api(api)
+    deadline = time.monotonic() + timeout
+    try:
+        ext.delete_custom_resource_definition(name)
+    except ApiException as exc:
+        assert exc.status == 404, exc.body
+    while True:
+        try:
+            ext.read_custom_resource_definition(name)
+        except ApiException as exc:
+            assert exc.status == 404, exc.body
+            return
+        assert time.monotonic() < deadline, f"{name} still there {timeout:.0f} s after its deletion"
+        time.sleep(0.1)
+
+
+def apply_when_served(kube: Kube, obj: dict, timeout: float = 30.0) -> None:
+    """Apply, retrying the 404s of a CRD that is established but not served yet."""
+    from kubernetes.client.exceptions import ApiException
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return kube.apply(obj)
+        except ApiException as exc:
+            assert exc.status == 404 and time.monotonic() < deadline, exc.body
+            time.sleep(0.1)
+
+
+@pytest.fixture
+def oss_cluster(real_kube):
+    """The real API server as an Emissary OSS cluster: every CRD but RateLimit's, edge
+    bound to the shipped RBAC minus TLSContexts; a fresh namespace, emptied afterwards."""
+    from kubernetes import client
+
+    api = real_kube.api("admin")
+    remove_crd(api, ABSENT)
+    install_crds(api, {c["metadata"]["name"] for c in yaml.safe_load_all(CRDS.read_text())} - {ABSENT})
+    grant_edge(api, {FORBIDDEN})
+    ns = f"oss-{uuid.uuid4().hex[:8]}"
+    client.CoreV1Api(api).create_namespace({"metadata": {"name": ns}})
+    kube = Kube(api)
+    yield api, kube, ns
+    kube.delete_everything_in(ns)
+
+
+def unavailable_now(edge) -> dict:
+    return edge.config()["sources"]["kubernetes"]["unavailable"]
+
+
+def until(check, timeout: float, what: str):
+    """Until `check()` returns something true; that value. A generous bound, for a busy machine."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"after {timeout:.0f} s: {what}"
+        time.sleep(0.05)
+
+
+NOT_SERVED = f"not served by the API server (404): CRD {ABSENT} not installed"
+RBAC_DENIES = (f'forbidden (403): {FORBIDDEN}.getambassador.io is forbidden: User "edge" cannot list resource '
+               f'"{FORBIDDEN}" in API group "getambassador.io" at the cluster scope')
+
+
+def test_real_api_server_without_some_crds_and_with_a_forbidden_kind(oss_cluster, real_kube, real_edge, upstream):
+    api, kube, ns = oss_cluster
+    apply_when_served(kube, ambassador("Mapping", "oss", {"prefix": "/oss/", "service": upstream.service}, ns))
+    started = time.monotonic()
+    edge = real_edge(real_kube.edge_kubeconfig)  # ready: check_ready is 200
+    ready = time.monotonic() - started
+    wait_served(edge, "/oss/", from_upstream("a"), timeout=30)
+    stats = edge.config()["sources"]["kubernetes"]
+    assert stats["synced"] and not stats["stale"]
+    assert set(stats["unavailable"]) == {"RateLimit", "TLSContext"}, stats["unavailable"]  # the rest is granted
+    assert stats["unavailable"]["RateLimit"].startswith(NOT_SERVED), stats["unavailable"]
+    assert stats["unavailable"]["TLSContext"] == RBAC_DENIES
+
+    diag = json.loads(edge.admin("/ambassador/v0/diag/?json=true")[1])
+    assert diag["kubernetes"]["unavailable"] == stats["unavailable"]
+    page = edge.admin("/ambassador/v0/diag/")[1].decode()
+    for kind, reason in stats["unavailable"].items():
+        assert f"<td>{kind}</td><td>{html.escape(reason)}</td>" in page, page
+
+    # logged once each, however often retried
+    until(lambda: all(edge.config()["sources"]["kubernetes"]["kinds"][k]["unavailable_retries"] >= 4
+                      for k in ("RateLimit", "TLSContext")), 90, "fewer than 4 retries of each")
+    log = edge.whole_log()
+    assert log.count(f"{FORBIDDEN}: forbidden (403)") == 1, log[-3000:]
+    assert log.count("ratelimits: not served by the API server (404)") == 1, log[-3000:]
+    assert unavailable_now(edge) == stats["unavailable"]
+    print(f"\nreal API server, OSS CRDs + RBAC: edge ready in {ready:.2f} s")
+
+
+def test_real_api_server_a_crd_installed_later_is_read_without_a_restart(oss_cluster, real_kube, real_edge, upstream):
+    api, kube, ns = oss_cluster
+    edge = real_edge(real_kube.edge_kubeconfig)
+    assert "RateLimit" in unavailable_now(edge)
+    pid = edge.proc.pid
+    started = time.monotonic()
+    install_crds(api, {ABSENT})
+    apply_when_served(kube, ambassador("RateLimit", "later", {
+        "domain": "ambassador", "limits": [{"pattern": [{"generic_key": "later"}], "rate": 5, "unit": "second"}]}, ns))
+    apply_when_served(kube, ambassador("Mapping", "later", {"prefix": "/later/", "service": upstream.service}, ns))
+
+    def listed() -> bool:
+        stats = edge.config()["sources"]["kubernetes"]
+        return "RateLimit" not in stats["unavailable"] and stats["kinds"]["RateLimit"]["objects"] == 1
+    until(listed, 30, "the RateLimit CRD installed after the start was not read")
+    took = time.monotonic() - started
+
+    def compiled() -> dict | None:  # the diag page shows what was compiled last
+        diag = json.loads(edge.admin("/ambassador/v0/diag/?json=true")[1])
+        return diag if any((r["kind"], r["namespace"], r["name"]) == ("RateLimit", ns, "later")
+                           for r in diag["resources"]) else None
+    diag = until(compiled, 30, "the RateLimit is not among the diag page's resources")
+    assert set(diag["kubernetes"]["unavailable"]) == {"TLSContext"}
+    wait_served(edge, "/later/", from_upstream("a"), timeout=30)
+    assert edge.proc.pid == pid and edge.proc.poll() is None  # no restart
+    log = edge.whole_log()
+    assert log.count("ratelimits: available again") == 1, log[-3000:]
+    assert log.count("ratelimits: not served by the API server (404)") == 1, log[-3000:]
+    print(f"\nreal API server: a CRD installed later read {took:.2f} s after it was created")
+
+
+def test_real_api_server_10000_mappings_are_listed_in_pages(real_kube, real_edge, upstream):
+    """Runs last here: its 10,000 Mappings stay (deleting them takes the server longer than
+    making them), in their own namespace; an edge watching every namespace later would
+    read them too."""
+    from kubernetes import client
+
+    api = real_kube.api("admin")
+    install_crds(api, {"mappings.getambassador.io"})
+    grant_edge(api, {FORBIDDEN})
+    ns = f"big-{uuid.uuid4().hex[:8]}"
+    client.CoreV1Api(api).create_namespace({"metadata": {"name": ns}})
+    count = 10_000
+    started = time.monotonic()
+    real_kube.create_many(f"/apis/getambassador.io/v3alpha1/namespaces/{ns}/mappings", [
+        ambassador("Mapping", f"m-{i}", {"prefix": f"/m-{i}/", "service": upstream.service}, ns)
+        for i in range(count)])
+    created = time.monotonic() - started
+    started = time.monotonic()
+    edge = real_edge(real_kube.edge_kubeconfig, ("--namespace", ns, "--single-namespace"))
+    ready = time.monotonic() - started
+    wait_served(edge, f"/m-{count - 1}/", from_upstream("a"), timeout=60)
+    wait_served(edge, "/m-0/", from_upstream("a"), timeout=60)
+    mapping = edge.config()["sources"]["kubernetes"]["kinds"]["Mapping"]
+    assert mapping["objects"] == count, mapping
+    assert mapping["last_list_pages"] >= count // 500, mapping  # the default page size is 500
+    assert mapping["errors"] == 0 and mapping["unavailable"] is None, mapping
+    print(f"\nreal API server: {count} Mappings created in {created:.1f} s (16 connections); edge ready in "
+          f"{ready:.1f} s; {mapping['last_list_pages']} pages, {mapping['pages']} page requests, "
+          f"{mapping['list_restarts']} restarts")
