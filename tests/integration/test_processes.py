@@ -69,34 +69,36 @@ def test_kill_9_worker_is_replaced_and_its_queue_is_served(make_edge, upstream):
     loaders = [threading.Thread(target=_load, args=(edge, stop, results)) for _ in range(2)]
     for t in loaders:
         t.start()
-    time.sleep(0.3)
-    # Freeze the victim so connections pile up in its socket's accept queue, then kill it.
-    os.kill(victim, signal.SIGSTOP)
-    queued = []
-    for _ in range(16):
-        s = socket.create_connection(("127.0.0.1", edge.port), timeout=10)
-        s.sendall(b"GET /m/queued HTTP/1.1\r\nHost: q\r\nConnection: close\r\n\r\n")
-        queued.append(s)
-    os.kill(victim, signal.SIGKILL)
-    killed = time.monotonic()
-    while True:
-        workers = edge.config()["workers"]
-        pid = workers[victim_slot]["pid"]
-        if pid not in (None, victim) and workers[victim_slot]["generation"]:
-            break
-        assert time.monotonic() - killed < 1.0, workers
-        time.sleep(0.02)
-    replaced_in = time.monotonic() - killed
-    answers = []
-    for s in queued:
-        data = b""
-        while chunk := s.recv(65536):
-            data += chunk
-        s.close()
-        answers.append(data[:12])
-    stop.set()
-    for t in loaders:
-        t.join()
+    try:  # a failure must still stop the load threads, or pytest never exits
+        time.sleep(0.3)
+        # Freeze the victim so connections pile up in its socket's accept queue, then kill it.
+        os.kill(victim, signal.SIGSTOP)
+        queued = []
+        for _ in range(16):
+            s = socket.create_connection(("127.0.0.1", edge.port), timeout=10)
+            s.sendall(b"GET /m/queued HTTP/1.1\r\nHost: q\r\nConnection: close\r\n\r\n")
+            queued.append(s)
+        os.kill(victim, signal.SIGKILL)
+        killed = time.monotonic()
+        while True:
+            workers = edge.config()["workers"]
+            pid = workers[victim_slot]["pid"]
+            if pid not in (None, victim) and workers[victim_slot]["generation"]:
+                break
+            assert time.monotonic() - killed < 1.0, workers
+            time.sleep(0.02)
+        replaced_in = time.monotonic() - killed
+        answers = []
+        for s in queued:
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+            s.close()
+            answers.append(data[:12])
+    finally:
+        stop.set()
+        for t in loaders:
+            t.join()
     assert replaced_in < 1.0
     assert answers == [b"HTTP/1.1 200"] * 16, answers
     assert edge.worker_pids()[1] == survivor
@@ -264,13 +266,15 @@ def test_sigterm_under_load_completes_every_request_sent_before_it(make_edge, up
     threads = [threading.Thread(target=client, args=(p,)) for p in [b"/m/x"] * 6 + [b"/m/delay/300"] * 2]
     for t in threads:
         t.start()
-    time.sleep(0.7)
-    signalled = time.monotonic()
-    edge.proc.send_signal(signal.SIGTERM)
-    assert edge.proc.wait(timeout=15) == 0
-    stop.set()
-    for t in threads:
-        t.join()
+    try:  # a failure must still stop the client threads, or pytest never exits
+        time.sleep(0.7)
+        signalled = time.monotonic()
+        edge.proc.send_signal(signal.SIGTERM)
+        assert edge.proc.wait(timeout=15) == 0
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
     before = [outcome for sent, outcome in outcomes if sent < signalled]
     assert len(before) > 100, "the load barely ran"
     assert set(before) == {200}, collections.Counter(before)
