@@ -69,11 +69,11 @@ def test_kill_9_worker_is_replaced_and_its_queue_is_served(make_edge, upstream):
     loaders = [threading.Thread(target=_load, args=(edge, stop, results)) for _ in range(2)]
     for t in loaders:
         t.start()
-    try:  # a failure must still stop the load threads, or pytest never exits
+    queued = []
+    try:  # a failure must still stop the load threads (or pytest never exits) and close sockets
         time.sleep(0.3)
         # Freeze the victim so connections pile up in its socket's accept queue, then kill it.
         os.kill(victim, signal.SIGSTOP)
-        queued = []
         for _ in range(16):
             s = socket.create_connection(("127.0.0.1", edge.port), timeout=10)
             s.sendall(b"GET /m/queued HTTP/1.1\r\nHost: q\r\nConnection: close\r\n\r\n")
@@ -99,6 +99,8 @@ def test_kill_9_worker_is_replaced_and_its_queue_is_served(make_edge, upstream):
         stop.set()
         for t in loaders:
             t.join()
+        for s in queued:
+            s.close()
     assert replaced_in < 1.0
     assert answers == [b"HTTP/1.1 200"] * 16, answers
     assert edge.worker_pids()[1] == survivor
