@@ -13,9 +13,11 @@ import httpx
 import pytest
 
 from edge import cpus
+from edge.supervisor.main import Options
 from tests.conftest import mapping
 
 pytestmark = pytest.mark.integration
+HEARTBEAT_TIMEOUT = Options.heartbeat_timeout  # edge serve's default: make_edge does not change it
 
 
 def test_config_edit_served_by_every_worker_within_1s(make_edge, upstream):
@@ -80,14 +82,21 @@ def test_kill_9_worker_is_replaced_and_its_queue_is_served(make_edge, upstream):
             queued.append(s)
         os.kill(victim, signal.SIGKILL)
         killed = time.monotonic()
-        while True:
+        # The replacement is started on SIGCHLD, not after a missed heartbeat: its process
+        # exists within 1 s. Loading the table is a Python start (0.2 s idle, over a second
+        # on a busy 2-core machine), so that is bounded by what it must beat: the heartbeat
+        # timeout, after which a silent worker would have been replaced anyway.
+        replaced_in = serving_in = None
+        while serving_in is None:
             workers = edge.config()["workers"]
             pid = workers[victim_slot]["pid"]
-            if pid not in (None, victim) and workers[victim_slot]["generation"]:
-                break
-            assert time.monotonic() - killed < 1.0, workers
+            now = time.monotonic() - killed
+            if pid not in (None, victim):
+                replaced_in = replaced_in if replaced_in is not None else now
+                if workers[victim_slot]["generation"]:
+                    serving_in = now
+            assert now < HEARTBEAT_TIMEOUT, workers
             time.sleep(0.02)
-        replaced_in = time.monotonic() - killed
         answers = []
         for s in queued:
             data = b""
@@ -101,7 +110,7 @@ def test_kill_9_worker_is_replaced_and_its_queue_is_served(make_edge, upstream):
             t.join()
         for s in queued:
             s.close()
-    assert replaced_in < 1.0
+    assert replaced_in < 1.0 and serving_in < HEARTBEAT_TIMEOUT
     assert answers == [b"HTTP/1.1 200"] * 16, answers
     assert edge.worker_pids()[1] == survivor
     failures = [r for r in results if r != 200]
