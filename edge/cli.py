@@ -148,11 +148,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "check":
         sys.exit(check(args.paths, args.ambassador_id, args.namespace))
     from edge.shm import NoSpace
+    from edge.supervisor.sources import CredentialsError
     from edge.supervisor.main import run
 
     opts = serve_options(args)
     logging.basicConfig(level=opts.log_level, format="%(asctime)s supervisor %(levelname)s %(message)s")
     try:
         run(opts)
-    except NoSpace as exc:  # before anything started: one line that says what to do
+    except (NoSpace, CredentialsError) as exc:  # before anything started: one line that says what to do
         sys.exit(f"edge serve: {exc}")

@@ -5,6 +5,9 @@ be listed (404: no CRD, 403: RBAC)."""
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 from contextlib import asynccontextmanager
 from urllib.parse import parse_qs, urlsplit
 
@@ -291,3 +294,20 @@ async def test_a_deleted_crd_deletes_its_objects_first_so_nothing_stale_is_kept(
         assert source.unavailable()["Mapping"].startswith("not served by the API server (404)")
         await until_sent(latest, lambda s: names(s, "Mapping") == [])
         assert kind_stats(source, "Mapping")["objects"] == 0 and not source.statistics()["stale"]
+
+
+@pytest.mark.parametrize("content", [None, "x: [\n", "apiVersion: v1\nkind: Config\n"])
+def test_credentials_that_cannot_be_loaded_are_one_clear_line_from_edge_serve(tmp_path, content):
+    path = tmp_path / "kubeconfig"
+    if content is not None:
+        path.write_text(content)
+    env = {k: v for k, v in os.environ.items() if k not in ("KUBERNETES_SERVICE_HOST", "KUBECONFIG")}
+    env["EDGE_SHM_DIR"] = str(tmp_path)  # nothing may be left behind: look here after
+    proc = subprocess.run([sys.executable, "-m", "edge", "serve", "--kubernetes", "--kubeconfig", str(path),
+                           "--workers", "1", "--admin-addr", "127.0.0.1:0"], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"edge serve: cannot load Kubernetes credentials from kubeconfig {path}: "), proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("edge-")]

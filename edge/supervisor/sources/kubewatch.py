@@ -40,6 +40,7 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.watch.watch import iter_resp_lines
 
 from edge.backoff import Backoff
+from edge.supervisor.sources import CredentialsError
 
 log = logging.getLogger("edge.kubernetes")
 
@@ -344,13 +345,20 @@ def _version(obj: dict | None) -> str | None:
 
 def api_client(kubeconfig: str | None = None) -> client.ApiClient:
     """In-cluster credentials when running in a pod (and no kubeconfig is given), else
-    KUBECONFIG / ~/.kube/config."""
+    KUBECONFIG / ~/.kube/config. Raises CredentialsError when they cannot be loaded."""
+    import yaml
     from kubernetes import config
 
     cfg = client.Configuration()
-    if kubeconfig is None and config.incluster_config.SERVICE_HOST_ENV_NAME in os.environ:
-        config.load_incluster_config(client_configuration=cfg)
-    else:
-        config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
+    try:
+        if kubeconfig is None and config.incluster_config.SERVICE_HOST_ENV_NAME in os.environ:
+            where = "the in-cluster service account"
+            config.load_incluster_config(client_configuration=cfg)
+        else:
+            where = f"kubeconfig {kubeconfig or os.environ.get('KUBECONFIG') or '~/.kube/config'}"
+            config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
+    except (config.ConfigException, OSError, yaml.YAMLError, ValueError, TypeError) as exc:
+        detail = " ".join(str(exc).split())
+        raise CredentialsError(f"cannot load Kubernetes credentials from {where}: {detail}") from None
     cfg.connection_pool_maxsize = 32  # one connection per open watch (16), plus lists and status writes
     return client.ApiClient(cfg)
