@@ -148,6 +148,32 @@ class RealKube:
         cfg.connection_pool_maxsize = pool
         return client.ApiClient(cfg)
 
+    def revoke(self, user: str, timeout: float = 30.0) -> None:
+        """Delete every RoleBinding and ClusterRoleBinding naming User `user`, and wait until
+        the authorizer (which follows them through a watch) denies it again: the server is
+        shared by the session, so no test may leave its grants to the next."""
+        from kubernetes import client
+        from kubernetes.client.exceptions import ApiException
+
+        rbac = client.RbacAuthorizationV1Api(self.api("admin"))
+
+        def names(binding) -> bool:
+            return any(s.kind == "User" and s.name == user for s in binding.subjects or [])
+
+        for b in rbac.list_cluster_role_binding().items:
+            if names(b):
+                rbac.delete_cluster_role_binding(b.metadata.name)
+        for b in rbac.list_role_binding_for_all_namespaces().items:
+            if names(b):
+                rbac.delete_namespaced_role_binding(b.metadata.name, b.metadata.namespace)
+        review = client.AuthorizationV1Api(self.api("admin"))
+        deadline = time.monotonic() + timeout
+        while review.create_subject_access_review({
+                "spec": {"user": user, "resourceAttributes": {"verb": "list", "group": "getambassador.io",
+                                                             "resource": "mappings"}}}).status.allowed:
+            assert time.monotonic() < deadline, f"User {user} still allowed {timeout:.0f} s after its bindings went"
+            time.sleep(0.05)
+
     def create_many(self, path: str, objects: list[dict], threads: int = 16, user: str = "admin") -> None:
         """POST every object to `path` (a collection) as `user`, from `threads` keep-alive
         connections; raises on the first answer that is not 201."""

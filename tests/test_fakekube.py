@@ -58,6 +58,7 @@ def cluster(request, fake_kube) -> Cluster:
         return Cluster(fake_kube.api_client(), fake_kube.api_client(),
                        lambda kind: fake_kube.forbid(fake_kube.kind(kind)), fake_kube.expire_continue, False)
     real = request.getfixturevalue("real_kube")
+    real.revoke("edge")  # what an earlier test granted: "edge" may read nothing here
     return Cluster(real.api("admin"), real.api("edge"), lambda kind: None, real.compact, True)
 
 

@@ -311,3 +311,18 @@ def test_credentials_that_cannot_be_loaded_are_one_clear_line_from_edge_serve(tm
     assert last.startswith(f"edge serve: cannot load Kubernetes credentials from kubeconfig {path}: "), proc.stderr
     assert "Traceback" not in proc.stderr
     assert not [p for p in tmp_path.iterdir() if p.name.startswith("edge-")]
+
+
+async def test_a_crd_deletion_deletes_its_kinds_objects_even_when_their_own_events_were_missed(fake_kube):
+    """The objects' DELETED events go to the kind's watch; if it was between two requests
+    then, only the CRD's own DELETED event (on the CRD watch) says they are gone."""
+    from edge.supervisor.sources.kubernetes import CRDS
+
+    mapping = fake_kube.kind("Mapping")
+    fake_kube.install_crd(mapping)
+    mappings(fake_kube, ["m", "n"])
+    async with running(fake_kube) as (source, latest):
+        assert names(await latest(), "Mapping") == ["m", "n"]
+        source._on_event(CRDS, ("", "mappings.getambassador.io"), None)  # as the CRD watch delivers it
+        await until_sent(latest, lambda s: names(s, "Mapping") == [])
+        assert kind_stats(source, "Mapping")["objects"] == 0

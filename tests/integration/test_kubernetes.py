@@ -462,6 +462,7 @@ def oss_cluster(real_kube):
     kube = Kube(api)
     yield api, kube, ns
     kube.delete_everything_in(ns)
+    real_kube.revoke("edge")
 
 
 def unavailable_now(edge) -> dict:
@@ -567,6 +568,7 @@ def test_real_api_server_10000_mappings_are_listed_in_pages(real_kube, real_edge
     wait_served(edge, f"/m-{count - 1}/", from_upstream("a"), timeout=60)
     wait_served(edge, "/m-0/", from_upstream("a"), timeout=60)
     mapping = edge.config()["sources"]["kubernetes"]["kinds"]["Mapping"]
+    real_kube.revoke("edge")
     assert mapping["objects"] == count, mapping
     assert mapping["last_list_pages"] >= count // 500, mapping  # the default page size is 500
     assert mapping["errors"] == 0 and mapping["unavailable"] is None, mapping

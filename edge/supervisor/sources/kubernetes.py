@@ -12,9 +12,11 @@ One Reflector (list + watch) per kind. Events land here, in the supervisor's tri
   forbids does not hold anything up: it counts as listed, `statistics()` names it with
   the reason, and it is retried; CustomResourceDefinitions are watched so that a CRD
   installed later is listed at once (when that watch is forbidden too, the retries are
-  periodic). A kind that becomes unavailable after it was listed keeps its last objects,
-  as Emissary keeps serving them (a CRD's deletion deletes its objects first, so their
-  DELETED events arrive before the 404 does).
+  periodic). A kind that becomes unavailable after it was listed keeps its last objects
+  (a 404 can be brief: a restarted API server serves custom resources only once it has
+  read their CRDs), except when its CRD is deleted: that deletes every object of the
+  kind, so they are deleted here too, whether or not their own DELETED events reached us
+  before the watch ended.
 
 Scope as Emissary: one namespace (AMBASSADOR_SINGLE_NAMESPACE), a label selector
 (AMBASSADOR_LABEL_SELECTOR) on getambassador.io objects, Ingresses and the Services whose
@@ -136,7 +138,11 @@ class KubernetesSource:
             for ing in list(self.ingresses):
                 self._translate_ingress(ing)
             self._status_changed.set()
-        elif kind == "CustomResourceDefinition" and obj is not None:
+        elif kind == "CustomResourceDefinition" and obj is None:
+            for r in self.reflectors:
+                if f"{r.resource.plural}.{r.resource.group}" == key[1]:
+                    r.forget_all()  # its objects went with it
+        elif kind == "CustomResourceDefinition":
             spec = obj.get("spec") or {}
             for r in self.reflectors:
                 # unavailable, or being listed (its answer may be a 404 from before this CRD)

@@ -305,6 +305,14 @@ class Reflector:
         self.last_error = ""
         self._available()
 
+    def forget_all(self) -> None:
+        """Every object of the kind is gone (its CRD was deleted): deliver their deletions
+        and list afresh when it is served again."""
+        old, self.items = self.items, {}
+        self.resource_version = None
+        for key in sorted(old):
+            self.on_event(self.resource, key, None)
+
     def _apply(self, type_: str, obj: dict) -> None:
         meta = obj.get("metadata") or {}
         if meta.get("resourceVersion"):
