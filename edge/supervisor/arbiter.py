@@ -67,6 +67,7 @@ class Arbiter:
         self.stats = stats
         self.worker = worker  # every worker's options; _start_process fills in the process's own
         self.heartbeat_timeout = heartbeat_timeout
+        self.turned = time.monotonic()  # when run()'s loop last went round
         self.sockets: dict[int, list[socket.socket]] = {}
         self.bind_errors: dict[int, str] = {}
         self.stopping = False
@@ -182,6 +183,7 @@ class Arbiter:
         """Spawn all workers, then reap/restart/watch until cancelled."""
         with trio.open_signal_receiver(signal.SIGCHLD) as sigchld:
             while True:
+                self.turned = time.monotonic()  # systemd's watchdog follows this
                 self.reap()
                 self.start_due()
                 self.check_heartbeats()

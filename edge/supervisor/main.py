@@ -27,6 +27,7 @@ from edge.shm import StatCells
 from edge.workerspec import DEFAULTS as WORKER_DEFAULTS, RATELIMIT_REDIS_ENV, WorkerOptions
 from edge.supervisor import compile as compiler
 from edge.supervisor import endpoints
+from edge.supervisor import systemd
 from edge.supervisor.admin import serve_admin
 from edge.supervisor.arbiter import Arbiter
 from edge.supervisor.publish import Publisher, TableRejected
@@ -80,6 +81,7 @@ class Supervisor:
     def __init__(self, opts: Options):
         self.opts = opts
         self.prefix = f"edge-{os.getpid()}-{secrets.token_hex(4)}"
+        self.notifier = systemd.Notifier()  # first: it takes NOTIFY_SOCKET out of the workers' environment
         self._create_segments()  # shm.NoSpace when /dev/shm has no room for them
         try:
             self._init_rest(opts)
@@ -260,7 +262,8 @@ class Supervisor:
                 self.nursery = nursery
                 send, receive = trio.open_memory_channel(math.inf)
                 hup_send, hup_receive = trio.open_memory_channel(16)
-                nursery.start_soon(self._signals, hup_send)
+                reloads_send, reloads_receive = trio.open_memory_channel(16)
+                nursery.start_soon(self._signals, hup_send, reloads_send)
                 await nursery.start(self.consul.run)
                 names = set()
                 if self.opts.config_paths:
@@ -279,19 +282,25 @@ class Supervisor:
                 await nursery.start(functools.partial(
                     serve_admin, allow_remote_restart=self.opts.admin_allow_remote_restart), self, self.opts.admin_addr)
                 log.info("admin on http://%s/, %d workers", self.opts.admin_addr, self.opts.workers)
+                nursery.start_soon(systemd.run, self, self.notifier, reloads_receive)
                 await self.stopping.wait()
+                self.notifier.send(STOPPING="1", STATUS=f"draining (up to {self.opts.drain_timeout:g} s)")
                 log.info("draining workers (up to %.0fs)", self.opts.drain_timeout)
                 await self.arbiter.stop(self.opts.drain_timeout)
                 nursery.cancel_scope.cancel()
         finally:
             self.close_segments()
+            self.notifier.close()
 
-    async def _signals(self, hup: trio.MemorySendChannel) -> None:
+    async def _signals(self, hup: trio.MemorySendChannel, reloads: trio.MemorySendChannel) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2) as signals:
             async for signum in signals:
                 if signum == signal.SIGHUP:
                     log.info("SIGHUP: re-reading configuration")
                     hup.send_nowait(None)
+                    # the files source re-reads and sends a snapshot, always: one more compile
+                    # (Kubernetes is watched, not re-read: nothing to wait for)
+                    reloads.send_nowait(self.compile_count + (1 if self.opts.config_paths else 0))
                 elif signum == signal.SIGUSR2:
                     self.restart_workers()
                 else:
@@ -310,7 +319,18 @@ class Supervisor:
     def all_diagnostics(self) -> list[Diagnostic]:
         return self.rejection + self.diagnostics + self.dns_diagnostics
 
-    # ---- admin view ----
+    # ---- admin view (and systemd's) ----
+    def status_line(self) -> str:
+        """systemd's STATUS=: generation, workers on it, errors."""
+        current = self.publisher.current
+        generation = current.generation if current else 0
+        loaded = sum(1 for w in self.arbiter.workers() if w["generation"] == generation)
+        errors = sum(1 for d in self.all_diagnostics() if d.severity == "error")
+        return f"generation {generation}, {loaded}/{len(self.arbiter.slots)} workers on it, {errors} errors"
+
+    def arbiter_turned(self) -> float:
+        return self.arbiter.turned
+
     def ready(self) -> tuple[bool, str]:
         current = self.publisher.current
         if current is None:
