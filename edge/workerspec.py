@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 from dataclasses import dataclass, field, fields
-from typing import Mapping
+from typing import Callable, Mapping
 
 # The Redis URL goes to workers through the environment, never argv: it may carry a
 # password, and argv is public (ps, /proc/PID/cmdline).
@@ -85,15 +85,19 @@ def _port_fd(text: str) -> tuple[int, int]:
     return int(port), int(fd)
 
 
-_TYPES = {"slot": int, "cell": int, "ctrl": int, "listen": _port_fd, "routes": str, "stats": str,
-          "header_timeout": float, "idle_timeout": float, "drain_timeout": float, "log_level": str,
-          "ratelimit": str, "ratelimit_budget_ms": float, "ratelimit_failure_mode": str}
+_SCALARS = {"int": int, "float": float, "str": str}
+
+
+def _parse(f) -> Callable[[str], object]:
+    """How argv text becomes field `f`'s value, from its annotation ("float", "int | None"):
+    a repeatable field is a PORT:FD item. A field of another type is a KeyError here."""
+    return _port_fd if f.metadata.get("repeat") else _SCALARS[f.type.split(" | ")[0]]
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edge-worker", description="an edge worker process (started by `edge serve`)")
     for f in fields(WorkerOptions):
-        kind = _TYPES[f.name]
+        kind = _parse(f)
         if f.metadata.get("repeat"):
             p.add_argument(flag(f.name), type=kind, action="append", default=[], help=f.metadata["help"])
         else:

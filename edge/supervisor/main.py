@@ -82,10 +82,11 @@ class Supervisor:
         self.opts = opts
         self.prefix = f"edge-{os.getpid()}-{secrets.token_hex(4)}"
         self.notifier = systemd.Notifier()  # first: it takes NOTIFY_SOCKET out of the workers' environment
-        self._create_segments()  # shm.NoSpace when /dev/shm has no room for them
+        self.stats = self.publisher = self.counters = None
         try:
+            self._create_segments()  # shm.NoSpace when /dev/shm has no room for them
             self._init_rest(opts)
-        except BaseException:  # e.g. an unreadable kubeconfig: leave no segment behind
+        except BaseException:  # no room, or an unreadable kubeconfig: leave no segment behind
             self.close_segments()
             raise
 
@@ -117,19 +118,14 @@ class Supervisor:
         self.stopping = trio.Event()
 
     def _create_segments(self) -> None:
-        """Every segment reserves its memory up front; if one has no room, those already
-        made are removed and shm.NoSpace says which one wanted how much."""
+        """Every segment reserves its memory up front; shm.NoSpace says which one wanted how
+        much (the caller removes those already made)."""
         opts = self.opts
-        self.stats = self.publisher = self.counters = None
-        try:
-            self.stats = StatCells(f"{self.prefix}-stats", 2 * opts.workers, create=True)
-            self.publisher = Publisher(self.prefix, max_bytes=opts.max_table_bytes)
-            # one counter region per stats cell: a worker and its rolling-restart successor never share one
-            self.counters = CounterStore(f"{self.prefix}-ratelimit", 2 * opts.workers, opts.ratelimit_buckets,
-                                         create=True)
-        except BaseException:
-            self.close_segments()
-            raise
+        self.stats = StatCells(f"{self.prefix}-stats", 2 * opts.workers, create=True)
+        self.publisher = Publisher(self.prefix, max_bytes=opts.max_table_bytes)
+        # one counter region per stats cell: a worker and its rolling-restart successor never share one
+        self.counters = CounterStore(f"{self.prefix}-ratelimit", 2 * opts.workers, opts.ratelimit_buckets,
+                                     create=True)
 
     def close_segments(self) -> None:
         for segment in (self.publisher, self.stats, self.counters):
@@ -447,7 +443,7 @@ def raise_nofile_limit() -> str:
         return f"file descriptors: soft limit {soft} (the hard limit)"
     try:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    except (ValueError, OSError) as exc:  # e.g. an unlimited hard limit over the kernel's nr_open
+    except (ValueError, OSError) as exc:  # e.g. a sandbox that refuses setrlimit
         return f"file descriptors: soft limit {soft}, not raised to the hard limit {hard}: {exc}"
     return f"file descriptors: soft limit raised from {soft} to {hard}"
 

@@ -112,7 +112,7 @@ class Reflector:
         self.limiter = limiter
         self.fallback = fallback  # an older version to use when the server lacks `resource`
         self.page_size = page_size
-        self.transform = transform  # what to keep of each object (all of it when None)
+        self.transform = transform or _whole  # what to keep of each object
         self.items: dict[tuple[str, str], dict] = {}
         self.resource_version: str | None = None
         self.synced = trio.Event()
@@ -130,8 +130,7 @@ class Reflector:
         self.backoff = Backoff()
         self.unavailable_retry = unavailable_retry
         self.unavailable_first = min(1.0, unavailable_retry) if unavailable_first is None else unavailable_first
-        self.unavailable_backoff = Backoff(first=self.unavailable_first, cap=max(unavailable_retry,
-                                                                                 self.unavailable_first))
+        self._unavailable_backoff_from(self.unavailable_first)
         self._retry = trio.Event()
 
     @property
@@ -144,8 +143,7 @@ class Reflector:
         """An unavailable kind may have become available (a CRD appeared): list it now, and
         if it is not served yet, again soon. Called while a list is on its way, the retry
         after its 404 is at once."""
-        self.unavailable_backoff = Backoff(first=min(TRIGGERED_FIRST, self.unavailable_retry),
-                                           cap=self.unavailable_retry)
+        self._unavailable_backoff_from(min(TRIGGERED_FIRST, self.unavailable_retry))
         self._retry.set()
 
     def statistics(self) -> dict:
@@ -210,8 +208,11 @@ class Reflector:
             log.info("%s: available again (%d objects); was: %s", self.resource.plural, len(self.items),
                      self.unavailable)
             self.unavailable = None
-        self.unavailable_backoff = Backoff(first=self.unavailable_first,
-                                           cap=max(self.unavailable_retry, self.unavailable_first))
+        self._unavailable_backoff_from(self.unavailable_first)
+
+    def _unavailable_backoff_from(self, first: float) -> None:
+        """Retries of an unavailable kind from `first` seconds, doubling up to unavailable_retry."""
+        self.unavailable_backoff = Backoff(first=first, cap=max(self.unavailable_retry, first))
 
     async def _failed(self, exc: Exception) -> None:
         self.errors += 1
@@ -256,7 +257,7 @@ class Reflector:
                     for obj in body.get("items") or []:
                         m = obj.get("metadata") or {}
                         fresh[(m.get("namespace") or "", m.get("name") or "")] = \
-                            self.transform(obj) if self.transform else obj
+                            self.transform(obj)
                     token = meta.get("continue") or ""
                     if not token:
                         self.last_list_pages = pages
@@ -325,7 +326,7 @@ class Reflector:
             if self.items.pop(key, None) is not None:
                 self.on_event(self.resource, key, None)
         elif type_ in ("ADDED", "MODIFIED"):
-            obj = self.transform(obj) if self.transform else obj
+            obj = self.transform(obj)
             self.items[key] = obj
             self.on_event(self.resource, key, obj)
 
@@ -345,6 +346,10 @@ def request(api: client.ApiClient, method: str, path: str, query: list[tuple[str
         resp.release_conn()
         raise ApiException(status=resp.status, reason=resp.reason, body=data.decode("utf-8", "replace"))
     return resp
+
+
+def _whole(obj: dict) -> dict:
+    return obj
 
 
 def _version(obj: dict | None) -> str | None:
