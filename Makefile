@@ -1,5 +1,5 @@
 # make run  : install into .venv, start a local upstream and `edge serve` on config/quickstart
-# make test : install into .venv (with test extras) and redis-server when missing, run the whole suite
+# make test : install into .venv (with test extras), redis-server and systemd-analyze when missing, run the whole suite
 #             (the install compiles edge/worker/proto/h1parser.pyx and edge/worker/heads.pyx:
 #             gcc and the Python headers are installed when missing)
 # make bench: wrk side by side with nginx and haproxy, every scenario (installs wrk, nginx,
@@ -33,6 +33,7 @@ run: $(STAMP)
 
 test: $(STAMP)
 	@command -v redis-server >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null)
+	@command -v systemd-analyze >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null)
 	$(BIN)/python -m pytest -q
 
 $(BENCH_STAMP): $(STAMP)
