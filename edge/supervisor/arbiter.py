@@ -7,6 +7,11 @@ a worker that dies young is restarted with exponential backoff, never in a tight
 Every listening port has one SO_REUSEPORT socket per worker slot. The supervisor keeps its
 copy, so a replacement worker inherits the very socket of its slot and the connections
 waiting in that socket's accept queue are served, not reset.
+
+A port may also come with sockets the arbiter did not open: from systemd (socket
+activation: usually one socket, which every worker then accepts on) or from the edge this
+one takes over from (one per slot of that edge). Those are used as they are: opening more
+beside them would add accept queues that a later restart or handover resets.
 """
 
 from __future__ import annotations
@@ -46,6 +51,16 @@ class Slot:
     restarts: int = 0
 
 
+def share(socks: list[socket.socket], index: int, slots: int) -> list[socket.socket]:
+    """The sockets of one port that worker slot `index` (of `slots`) accepts on. With at
+    least as many sockets as slots each socket has exactly one slot: SO_REUSEPORT spreads
+    new connections over every socket of the port, so none may be left without a worker.
+    Fewer sockets (systemd's one) are shared."""
+    if len(socks) >= slots:
+        return socks[index::slots]
+    return [socks[index % len(socks)]]
+
+
 def open_listener(address: str, port: int) -> socket.socket:
     sock = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -58,9 +73,17 @@ def open_listener(address: str, port: int) -> socket.socket:
 
 class Arbiter:
     def __init__(self, workers: int, routes_segment: str, stats: StatCells, worker: WorkerOptions,
-                 heartbeat_timeout: float = 3.0):
+                 heartbeat_timeout: float = 3.0, inherited: dict[int, list[socket.socket]] | None = None,
+                 kept: frozenset[int] = frozenset(), cells: list[int] | None = None):
+        """`inherited`: listening sockets per port opened by someone else (systemd, the edge
+        taken over from), used when a Listener wants that port; of those, the ports in `kept`
+        (systemd's) stay open while no Listener wants them. `cells`: each slot's first stats
+        cell (default its index; a takeover starts on the cells the old edge does not use)."""
         # two stats cells per slot: a rolling restart runs the new process beside the old
-        self.slots = [Slot(i, cell=i) for i in range(workers)]
+        self.slots = [Slot(i, cell=i if cells is None else cells[i]) for i in range(workers)]
+        self.inherited = dict(inherited or {})
+        self.kept = kept
+        self._unused_warned: set[int] = set()
         self.retiring: list[subprocess.Popen] = []  # replaced by a rolling restart, draining
         self.rolling = False
         self.routes_segment = routes_segment
@@ -79,22 +102,34 @@ class Arbiter:
         for address, port in wanted:
             if port in self.sockets:
                 continue
-            try:
-                socks = [open_listener(address, port) for _ in self.slots]
-            except OSError as exc:
-                self.bind_errors[port] = str(exc)
-                log.error("cannot listen on %s:%d: %s", address, port, exc)
-                continue
+            socks = self.inherited.pop(port, None)
+            if socks is None:
+                try:
+                    socks = [open_listener(address, port) for _ in self.slots]
+                except OSError as exc:
+                    self.bind_errors[port] = str(exc)
+                    log.error("cannot listen on %s:%d: %s", address, port, exc)
+                    continue
             self.bind_errors.pop(port, None)
             self.sockets[port] = socks
-            for slot, sock in zip(self.slots, socks):
-                self._send(slot, workerspec.listen_message(port), [sock.fileno()])
+            for slot in self.slots:
+                for sock in share(socks, slot.index, len(self.slots)):
+                    self._send(slot, workerspec.listen_message(port), [sock.fileno()])
         for port in list(self.sockets):
             if port not in ports:
                 for slot in self.slots:
                     self._send(slot, workerspec.unlisten_message(port))
-                for sock in self.sockets.pop(port):
-                    sock.close()
+                socks = self.sockets.pop(port)
+                if port in self.kept:
+                    self.inherited[port] = socks  # systemd's: its queue waits for the port's return
+                else:
+                    for sock in socks:
+                        sock.close()
+        for port in sorted(self.inherited.keys() - self._unused_warned):
+            if port in self.kept:
+                self._unused_warned.add(port)
+                log.warning("port %d: a socket from systemd that no Listener uses; its connections wait "
+                            "unanswered (add a Listener for it, or remove it from the .socket unit)", port)
 
     def _send(self, slot: Slot, msg: bytes, fds: list[int] = ()) -> None:
         if slot.ctrl is None:
@@ -117,7 +152,8 @@ class Arbiter:
         """A worker process for `slot` writing stats cell `cell`, on the slot's sockets."""
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         parent.setblocking(False)
-        listen = tuple((port, socks[slot.index].fileno()) for port, socks in self.sockets.items())
+        listen = tuple((port, sock.fileno()) for port, socks in self.sockets.items()
+                       for sock in share(socks, slot.index, len(self.slots)))
         fds = [child.fileno(), *(fd for _, fd in listen)]
         options = replace(self.worker, slot=slot.index, cell=cell, routes=self.routes_segment, stats=self.stats.name,
                           ctrl=child.fileno(), listen=listen)
@@ -253,10 +289,11 @@ class Arbiter:
     async def stop(self, drain_timeout: float) -> None:
         """Close the listeners, SIGTERM the workers, wait for them to drain, then kill."""
         self.stopping = True
-        for socks in self.sockets.values():
+        for socks in [*self.sockets.values(), *self.inherited.values()]:
             for sock in socks:
                 sock.close()
         self.sockets.clear()
+        self.inherited.clear()
         procs = [s.proc for s in self.slots if s.proc is not None] + self.retiring
         for p in procs:
             if p.poll() is None:

@@ -77,7 +77,9 @@ class Worker:
         self.watch = TableWatch(args.routes, self.state)
         self.ctrl = socket.socket(fileno=args.ctrl)
         self.ctrl.setblocking(False)
-        self.listeners: dict[int, tuple[socket.socket, trio.CancelScope]] = {}
+        # per port: every listening socket (a port may have several: the sockets of an edge
+        # taken over from) with its accept loop's scope, by socket inode (one accept loop each)
+        self.listeners: dict[int, dict[int, trio.CancelScope]] = {}
         self.parent = os.getppid()
         self.stopping = trio.Event()
         self.accept_errors = AcceptErrors()  # EMFILE and friends, for the stats cell
@@ -104,18 +106,18 @@ class Worker:
         self.stats.set(self.cell, "generation", self.watch.loaded)
 
     def _listen(self, port: int, sock: socket.socket) -> None:
-        if port in self.listeners:
+        loops = self.listeners.setdefault(port, {})
+        inode = os.fstat(sock.fileno()).st_ino  # the same socket twice (argv and a message): one loop
+        if inode in loops:
             sock.close()
             return
         sock.setblocking(False)
-        scope = trio.CancelScope()
-        self.listeners[port] = (sock, scope)
+        loops[inode] = scope = trio.CancelScope()
         self.nursery.start_soon(self._accept_loop, sock, port, scope)
 
     def _unlisten(self, port: int) -> None:
-        entry = self.listeners.pop(port, None)
-        if entry:
-            entry[1].cancel()
+        for scope in self.listeners.pop(port, {}).values():
+            scope.cancel()
 
     async def _accept_loop(self, lsock: socket.socket, port: int, scope: trio.CancelScope) -> None:
         state = self.state
