@@ -16,7 +16,8 @@ from edge.workerspec import DEFAULTS as WORKER, FAILURE_MODES
 _OPTIONS = ("workers", "admin_addr", "admin_allow_remote_restart", "ambassador_id", "namespace", "drain_timeout",
             "header_timeout", "idle_timeout", "heartbeat_timeout", "dns_refresh", "kubernetes", "kubeconfig",
             "single_namespace", "label_selector", "ingress_status_service", "ingress_status_address",
-            "ratelimit_redis", "ratelimit_budget_ms", "ratelimit_failure_mode", "ratelimit_buckets", "log_level")
+            "ratelimit_redis", "ratelimit_budget_ms", "ratelimit_failure_mode", "ratelimit_buckets", "log_level",
+            "upgrade_socket")
 
 
 def _env(name: str, default):
@@ -94,6 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
                             f"(env EDGE_RATELIMIT_FAILURE_MODE; default {WORKER.ratelimit_failure_mode})")
     serve.add_argument("--ratelimit-buckets", type=int, default=env("EDGE_RATELIMIT_BUCKETS"),
                        help="shared-memory counter buckets per worker, a power of two (env EDGE_RATELIMIT_BUCKETS)")
+    serve.add_argument("--upgrade-socket", metavar="PATH", default=env("EDGE_UPGRADE_SOCKET"),
+                       help="a Unix socket for upgrades without downtime: an edge started with the same PATH while "
+                            "one serves there takes over its listening sockets and rate-limit counters, then the "
+                            "old one drains and exits (env EDGE_UPGRADE_SOCKET)")
     serve.add_argument("--log-level", default=env("EDGE_LOG_LEVEL"),
                        help=f"env EDGE_LOG_LEVEL; default {WORKER.log_level}")
 
@@ -148,6 +153,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "check":
         sys.exit(check(args.paths, args.ambassador_id, args.namespace))
     from edge.shm import NoSpace
+    from edge.supervisor.admin import AdminBindError
+    from edge.supervisor.handover import HandoverFailed
     from edge.supervisor.sources import CredentialsError
     from edge.supervisor.main import run
 
@@ -155,5 +162,5 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=opts.log_level, format="%(asctime)s supervisor %(levelname)s %(message)s")
     try:
         run(opts)
-    except (NoSpace, CredentialsError) as exc:  # before anything started: one line that says what to do
-        sys.exit(f"edge serve: {exc}")
+    except (NoSpace, CredentialsError, HandoverFailed, AdminBindError) as exc:
+        sys.exit(f"edge serve: {exc}")  # before anything started: one line that says what to do

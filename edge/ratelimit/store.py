@@ -30,8 +30,10 @@ def segment_size(cells: int, buckets: int) -> int:
 
 
 class CounterStore:
-    def __init__(self, name: str, cells: int = 0, buckets: int = 0, create: bool = False):
-        """Create (supervisor: `cells`, `buckets` a power of two) or attach (worker)."""
+    def __init__(self, name: str, cells: int = 0, buckets: int = 0, create: bool = False, adopt: bool = False):
+        """Create (supervisor: `cells`, `buckets` a power of two) or attach (worker).
+        `adopt`: attach and own it (unlinked at close), as the edge that takes over a
+        running one's counters does."""
         self.name = name
         if create:
             if buckets <= 0 or buckets & (buckets - 1):
@@ -44,7 +46,7 @@ class CounterStore:
         magic, layout, self.cells, self.buckets = _HEAD.unpack_from(self._mem, 0)
         if magic != MAGIC or layout != LAYOUT:
             raise LayoutMismatch(f"segment {name}: not a rate-limit segment of layout {LAYOUT}")
-        self._owner = create
+        self._owner = create or adopt
         self._mask = self.buckets - 1
         self._row_words = self.cells * 4
         self._row_bytes = self._row_words * 8
@@ -152,6 +154,10 @@ class CounterStore:
         words[i + 2] = 1
         words[i + 3] = 0
         words[i] = key
+
+    def disown(self) -> None:
+        """Leave the segment in place at close: another edge owns it now."""
+        self._owner = False
 
     def close(self) -> None:
         self.words.release()

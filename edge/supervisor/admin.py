@@ -22,6 +22,8 @@ from __future__ import annotations
 import html
 import ipaddress
 import json
+import os
+import socket
 from typing import Protocol
 from urllib.parse import parse_qs
 
@@ -142,10 +144,36 @@ def render_diag(data: dict) -> str:
         f"{resources}</table></body></html>")
 
 
-async def serve_admin(view: AdminView, address: str, *, allow_remote_restart: bool = False,
+class AdminBindError(OSError):
+    """The admin address cannot be listened on (taken, not ours, malformed)."""
+
+
+def open_admin_socket(address: str) -> socket.socket:
+    """The admin port's listening socket for "HOST:PORT" ("[::1]:8877" for IPv6). The
+    supervisor opens it (not hypercorn), so that an edge taking over receives it.
+    AdminBindError (EADDRINUSE, ...) names the address."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]") or "0.0.0.0"
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, int(port)))
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        raise AdminBindError(exc.errno, f"admin address {address}: {exc.strerror}") from exc
+    except ValueError as exc:
+        sock.close()
+        raise AdminBindError(f"admin address {address}: not HOST:PORT") from exc
+    return sock
+
+
+async def serve_admin(view: AdminView, sock: socket.socket, *, allow_remote_restart: bool = False,
                       task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Serve the admin app on `sock` (a listening socket: open_admin_socket's); the socket
+    itself stays open when this returns (hypercorn closes a duplicate of it)."""
     config = Config()
-    config.bind = [address]
+    config.bind = [f"fd://{os.dup(sock.fileno())}"]
     config.accesslog = None
     config.errorlog = None
     config.graceful_timeout = 1

@@ -9,7 +9,6 @@ re-filled with endpoints and published, at most once per ENDPOINT_INTERVAL, no c
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import os
@@ -25,10 +24,11 @@ from edge.model import Diagnostic, RouteTable
 from edge.ratelimit.store import CounterStore
 from edge.shm import StatCells
 from edge.workerspec import DEFAULTS as WORKER_DEFAULTS, RATELIMIT_REDIS_ENV, WorkerOptions
+from edge.supervisor import activation, handover
 from edge.supervisor import compile as compiler
 from edge.supervisor import endpoints
 from edge.supervisor import systemd
-from edge.supervisor.admin import serve_admin
+from edge.supervisor.admin import open_admin_socket, serve_admin
 from edge.supervisor.arbiter import Arbiter
 from edge.supervisor.publish import Publisher, TableRejected
 from edge.supervisor.resolver import resolve_all
@@ -68,6 +68,7 @@ class Options:
     ratelimit_budget_ms: float = WORKER_DEFAULTS.ratelimit_budget_ms
     ratelimit_failure_mode: str = WORKER_DEFAULTS.ratelimit_failure_mode
     admin_allow_remote_restart: bool = False  # POST /edge/v1/restart from other hosts too
+    upgrade_socket: str = ""  # a Unix socket path: take over the edge serving there, then serve it
 
 
 def worker_options(opts: Options, ratelimit: str | None) -> WorkerOptions:
@@ -81,13 +82,24 @@ class Supervisor:
     def __init__(self, opts: Options):
         self.opts = opts
         self.prefix = f"edge-{os.getpid()}-{secrets.token_hex(4)}"
-        self.notifier = systemd.Notifier()  # first: it takes NOTIFY_SOCKET out of the workers' environment
-        self.stats = self.publisher = self.counters = None
+        # first: these take NOTIFY_SOCKET and LISTEN_FDS out of the workers' environment
+        self.notifier = systemd.Notifier()
+        self.activated = activation.listen_fds()
+        for a in self.activated:
+            log.info("port %d: listening socket from systemd (%s)", a.port, a.name)
+        self.stats = self.publisher = self.counters = self.admin_socket = None
+        self.upgrade_listener = self.admin_scope = None
+        self.retired = False  # handed over to a new edge
+        # the edge this one takes over from (handover.HandoverFailed when it refuses)
+        self.taken = handover.take_over(opts.upgrade_socket) if opts.upgrade_socket else None
         try:
             self._create_segments()  # shm.NoSpace when /dev/shm has no room for them
+            self.admin_socket = self._admin_socket()  # OSError when the address is taken
             self._init_rest(opts)
-        except BaseException:  # no room, or an unreadable kubeconfig: leave no segment behind
+        except BaseException:  # no room, an unreadable kubeconfig: leave no segment behind
             self.close_segments()
+            if self.taken is not None:  # the old edge sees the connection close and serves on
+                self.taken.conn.close()
             raise
 
     def _init_rest(self, opts: Options) -> None:
@@ -97,8 +109,11 @@ class Supervisor:
             os.environ[RATELIMIT_REDIS_ENV] = opts.ratelimit_redis
         else:
             os.environ.pop(RATELIMIT_REDIS_ENV, None)
+        inherited = activation.by_port(self.activated) | (self.taken.sockets if self.taken else {})
+        kept = frozenset(a.port for a in self.activated) | (self.taken.kept if self.taken else set())
         self.arbiter = Arbiter(opts.workers, self.publisher.first_segment, self.stats, worker,
-                               heartbeat_timeout=opts.heartbeat_timeout)
+                               heartbeat_timeout=opts.heartbeat_timeout, inherited=inherited, kept=kept,
+                               cells=self.first_cells)
         self.snapshot: files.Snapshot | None = None
         self.sources: dict[str, files.Snapshot] = {}
         self.compiled: RouteTable | None = None
@@ -124,8 +139,39 @@ class Supervisor:
         self.stats = StatCells(f"{self.prefix}-stats", 2 * opts.workers, create=True)
         self.publisher = Publisher(self.prefix, max_bytes=opts.max_table_bytes)
         # one counter region per stats cell: a worker and its rolling-restart successor never share one
-        self.counters = CounterStore(f"{self.prefix}-ratelimit", 2 * opts.workers, opts.ratelimit_buckets,
-                                     create=True)
+        self.first_cells = self._adopt_counters()
+        if self.first_cells is None:
+            self.counters = CounterStore(f"{self.prefix}-ratelimit", 2 * opts.workers, opts.ratelimit_buckets,
+                                         create=True)
+
+    def _adopt_counters(self) -> list[int] | None:
+        """Taking over: the old edge's counter segment, so counts carry on; each slot's
+        first cell (one the old workers do not write), or None to start a segment afresh."""
+        taken, opts = self.taken, self.opts
+        if taken is None:
+            return None
+        cells = taken.spare_cells(opts.workers, 2 * opts.workers, opts.ratelimit_buckets)
+        if cells is None:
+            log.warning("rate-limit counters start over: pid %d counts in %d cells of %d buckets, this edge "
+                        "would in %d of %d (the same --workers and --ratelimit-buckets carry them over)",
+                        taken.pid, taken.ncells, taken.buckets, 2 * opts.workers, opts.ratelimit_buckets)
+            return None
+        try:
+            self.counters = CounterStore(taken.counters, adopt=True)
+        except (OSError, ValueError) as exc:  # another /dev/shm (EDGE_SHM_DIR), or gone
+            log.warning("rate-limit counters start over: cannot attach %s of pid %d: %s",
+                        taken.counters, taken.pid, exc)
+            return None
+        log.info("rate-limit counters carry over from pid %d", taken.pid)
+        return cells
+
+    def _admin_socket(self):
+        taken = self.taken
+        if taken is not None and taken.admin is not None:
+            if taken.admin_address == self.opts.admin_addr:
+                return taken.admin
+            taken.admin.close()  # the old edge's admin port is not ours: it closes with that edge
+        return open_admin_socket(self.opts.admin_addr)
 
     def close_segments(self) -> None:
         for segment in (self.publisher, self.stats, self.counters):
@@ -275,9 +321,15 @@ class Supervisor:
                 nursery.start_soon(self.arbiter.run)
                 nursery.start_soon(self._dns_loop)
                 nursery.start_soon(self._endpoint_loop)
-                await nursery.start(functools.partial(
-                    serve_admin, allow_remote_restart=self.opts.admin_allow_remote_restart), self, self.opts.admin_addr)
+                if self.taken is not None:  # the old edge serves (admin too) until these workers do
+                    await systemd.wait_ready(self)
+                await nursery.start(self._serve_admin)
                 log.info("admin on http://%s/, %d workers", self.opts.admin_addr, self.opts.workers)
+                if self.opts.upgrade_socket:
+                    self.upgrade_listener = handover.bind(self.opts.upgrade_socket)
+                    if self.taken is not None:
+                        await handover.finish(self.taken)
+                    nursery.start_soon(handover.serve, self.upgrade_listener, self)
                 nursery.start_soon(systemd.run, self, self.notifier, reloads_receive)
                 await self.stopping.wait()
                 self.notifier.send(STOPPING="1", STATUS=f"draining (up to {self.opts.drain_timeout:g} s)")
@@ -287,6 +339,41 @@ class Supervisor:
         finally:
             self.close_segments()
             self.notifier.close()
+            if self.upgrade_listener is not None:
+                self.upgrade_listener.close()
+            if self.admin_socket is not None:
+                self.admin_socket.close()
+
+    async def _serve_admin(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        with trio.CancelScope() as self.admin_scope:  # retire() closes it at once
+            await serve_admin(self, self.admin_socket, allow_remote_restart=self.opts.admin_allow_remote_restart,
+                              task_status=task_status)
+
+    # ---- the upgrade socket's old side (handover.Server) ----
+    def handover_state(self) -> dict:
+        """The counter segment and cells a taker needs, or why there is no handover now."""
+        if self.stopping.is_set():
+            return {"error": "this edge is stopping"}
+        if self.arbiter.rolling or self.arbiter.retiring:
+            # a retiring worker still writes the cell the taker would use
+            return {"error": "a rolling restart is running or draining; try again when it is done"}
+        return {"counters": self.counters.name, "cells": [slot.cell for slot in self.arbiter.slots],
+                "ncells": self.counters.cells, "buckets": self.counters.buckets}
+
+    def handover_sockets(self):
+        """Every listening socket by port, the ports whose sockets are systemd's, the admin
+        socket and its address."""
+        sockets = {**self.arbiter.inherited, **self.arbiter.sockets}
+        return sockets, set(self.arbiter.kept), self.admin_socket, self.opts.admin_addr
+
+    def retire(self) -> None:
+        """A new edge serves: stop answering admin requests, drain, exit, and leave the
+        counter segment (it is the new edge's now)."""
+        self.retired = True
+        self.counters.disown()
+        if self.admin_scope is not None:
+            self.admin_scope.cancel()
+        self.stopping.set()
 
     async def _signals(self, hup: trio.MemorySendChannel, reloads: trio.MemorySendChannel) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2) as signals:
@@ -338,6 +425,7 @@ class Supervisor:
     def config(self) -> dict:
         current = self.publisher.current
         return {
+            "pid": os.getpid(),
             "version": current.version if current else None,
             "generation": current.generation if current else 0,
             "publish_time": current.publish_time if current else None,
