@@ -69,11 +69,18 @@ class LoadGenerator:
     """`connections` keep-alive clients against 127.0.0.1:`port`, cycling over `routes`
     (paths). Run `run(stop)` until the event is set; then read `counts` and `total()`."""
 
-    def __init__(self, port: int, routes: list[str], connections: int = 8, host: str = "loadgen"):
+    def __init__(self, port: int, routes: list[str], connections: int = 8, host: str = "loadgen",
+                 keep_alive: bool = True, response_timeout: float = RESPONSE_TIMEOUT):
+        """`keep_alive` False: every request on a new connection (Connection: close), so
+        every request is also a connect that may be refused. `response_timeout`: seconds a
+        request may take before it counts as failed."""
         self.port = port
         self.routes = routes
         self.connections = connections
         self.host = host
+        self.keep_alive = keep_alive
+        self.response_timeout = response_timeout
+        self._head = "" if keep_alive else "Connection: close\r\n"
         self.counts: dict[str, RouteCounts] = {r: RouteCounts() for r in routes}
         self.errors: collections.Counter = collections.Counter()  # transport error kinds
 
@@ -107,8 +114,9 @@ class LoadGenerator:
                     route = self.routes[n % len(self.routes)]
                     n += 1
                     try:
-                        with trio.fail_after(RESPONSE_TIMEOUT):
-                            await stream.send_all(f"GET {route} HTTP/1.1\r\nHost: {self.host}\r\n\r\n".encode())
+                        with trio.fail_after(self.response_timeout):
+                            await stream.send_all(
+                                f"GET {route} HTTP/1.1\r\nHost: {self.host}\r\n{self._head}\r\n".encode())
                             status, keep = await _read_response(stream, buf)
                     except (OSError, trio.BrokenResourceError, trio.TooSlowError, _Broken) as exc:
                         self._transport_error(route, exc)
@@ -119,7 +127,7 @@ class LoadGenerator:
                         counts.server_errors += 1
                     else:
                         counts.ok += 1
-                    if not keep:
+                    if not (keep and self.keep_alive):
                         break
 
     def _transport_error(self, route: str, exc: BaseException) -> None:

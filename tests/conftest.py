@@ -39,22 +39,26 @@ class Edge:
     """A running `edge serve` (supervisor + workers) on free ports."""
 
     def __init__(self, config_dir: Path, workers: int | None = 2, extra_args: tuple = (), env: dict | None = None,
-                 preexec_fn=None, admin_host: str = "127.0.0.1"):
+                 preexec_fn=None, admin_host: str = "127.0.0.1", port: int | None = None,
+                 admin_port: int | None = None, launcher: tuple = (), pass_fds: tuple = ()):
         """`workers` None: no --workers (edge picks its default); an `env` value None
         removes that variable; `preexec_fn` runs in the child before exec (affinity, rlimits);
-        `admin_host` 0.0.0.0 binds the admin port on every address (still reached on loopback)."""
+        `admin_host` 0.0.0.0 binds the admin port on every address (still reached on loopback);
+        `port`, `admin_port`: given ones instead of free ones (an edge taking over another's);
+        `launcher`: python arguments before `-m edge` (a script that execs the rest, as
+        systemd's socket activation does), with `pass_fds` open in the child."""
         self.dir = config_dir
-        self.port = free_port()
-        self.admin_port = free_port()
+        self.port = port or free_port()
+        self.admin_port = admin_port or free_port()
         self.workers = workers
         (config_dir / "00-listener.yaml").write_text(listener_yaml(self.port))
-        self.log = open(config_dir.parent / f"edge-{self.port}.log", "w+")
-        args = [sys.executable, "-m", "edge", "serve", "-c", str(config_dir),
+        self.log = open(config_dir.parent / f"edge-{self.port}-{config_dir.name}.log", "w+")
+        args = [sys.executable, *launcher, "-m", "edge", "serve", "-c", str(config_dir),
                 *(("--workers", str(workers)) if workers is not None else ()),
                 "--admin-addr", f"{admin_host}:{self.admin_port}", "--dns-refresh", "1", *extra_args]
         environ = {k: v for k, v in {**os.environ, **(env or {})}.items() if v is not None}
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT,
-                                     env=environ, cwd=ROOT, preexec_fn=preexec_fn)
+                                     env=environ, cwd=ROOT, preexec_fn=preexec_fn, pass_fds=pass_fds)
         try:
             self.wait_ready()
         except BaseException:  # not handed to make_edge: stop it here, or it outlives the test
@@ -161,12 +165,13 @@ def make_edge(tmp_path):
     started = []
 
     def start(files: dict[str, str], workers: int | None = 2, extra_args: tuple = (), env: dict | None = None,
-              preexec_fn=None, admin_host: str = "127.0.0.1") -> Edge:
+              preexec_fn=None, admin_host: str = "127.0.0.1", **more) -> Edge:
+        """`more`: Edge's port, admin_port, launcher, pass_fds."""
         config = tmp_path / f"config{len(started)}"
         config.mkdir()
         for name, text in files.items():
             (config / name).write_text(text)
-        edge = Edge(config, workers, extra_args, env, preexec_fn, admin_host)
+        edge = Edge(config, workers, extra_args, env, preexec_fn, admin_host, **more)
         started.append(edge)
         return edge
 
