@@ -28,6 +28,7 @@ import trio
 
 from edge import workerspec
 from edge.shm import StatCells
+from edge.supervisor import orphans
 from edge.workerspec import WorkerOptions
 
 log = logging.getLogger("edge.arbiter")
@@ -82,6 +83,9 @@ class Arbiter:
         # two stats cells per slot: a rolling restart runs the new process beside the old
         self.slots = [Slot(i, cell=i if cells is None else cells[i]) for i in range(workers)]
         self.inherited = dict(inherited or {})
+        # PID 1 of a container without an init: orphans re-parented here are reaped too
+        self.reaps_orphans = orphans.should_reap()
+        self.own: dict[int, subprocess.Popen] = {}  # every worker process not yet seen to exit
         self.kept = kept
         self._unused_warned: set[int] = set()
         self.retiring: list[subprocess.Popen] = []  # replaced by a rolling restart, draining
@@ -161,6 +165,7 @@ class Arbiter:
         for name in ("heartbeat", "generation", "pid"):
             self.stats.set(cell, name, 0)
         proc = subprocess.Popen(args, pass_fds=fds)
+        self.own[proc.pid] = proc
         child.close()
         return proc, parent
 
@@ -192,6 +197,9 @@ class Arbiter:
             slot.restarts += 1
             log.warning("worker %d (pid %d) exited with %s after %.1fs; restart in %.1fs",
                         slot.index, pid, code, lived, slot.backoff)
+        self.own = {pid: p for pid, p in self.own.items() if p.poll() is None}
+        if self.reaps_orphans:
+            orphans.reap(self.own.__contains__)
 
     def check_heartbeats(self) -> None:
         now = time.monotonic()
