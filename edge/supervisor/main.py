@@ -404,12 +404,17 @@ class Supervisor:
 
     # ---- admin view (and systemd's) ----
     def status_line(self) -> str:
-        """systemd's STATUS=: generation, workers on it, errors."""
+        """systemd's STATUS=: generation, workers on it, errors and the first of them (one
+        line: `systemctl status` shows it as it is)."""
         current = self.publisher.current
         generation = current.generation if current else 0
         loaded = sum(1 for w in self.arbiter.workers() if w["generation"] == generation)
-        errors = sum(1 for d in self.all_diagnostics() if d.severity == "error")
-        return f"generation {generation}, {loaded}/{len(self.arbiter.slots)} workers on it, {errors} errors"
+        errors = [d for d in self.all_diagnostics() if d.severity == "error"]
+        line = f"generation {generation}, {loaded}/{len(self.arbiter.slots)} workers on it, {len(errors)} errors"
+        if errors:
+            first = " ".join(errors[0].format().split())
+            line += f"; {first[:200]}"
+        return line
 
     def arbiter_turned(self) -> float:
         return self.arbiter.turned
