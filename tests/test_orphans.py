@@ -36,7 +36,7 @@ MAKER = textwrap.dedent("""
                 os._exit(3)
             if action == "kill":
                 os.kill(os.getpid(), 9)
-            time.sleep(30)
+            time.sleep(10)  # killed by the scenario; gone in 10 s should it fail first
             os._exit(0)
         pids.append(pid)
     print(*pids, flush=True)
