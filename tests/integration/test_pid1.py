@@ -17,6 +17,7 @@ import os
 import signal
 import shutil
 import subprocess
+import sys
 import sysconfig
 import time
 from pathlib import Path
@@ -86,6 +87,27 @@ def reachable_interpreter() -> list[str]:
     return out
 
 
+def kept_under_tmp() -> list[Path]:
+    """The repository and the venv, where they live under /tmp (the outermost of them)."""
+    needed = sorted({Path(sys.prefix).resolve(), Path(__file__).resolve().parents[2]})
+    return [p for p in needed if Path("/tmp") in p.parents and not any(q in p.parents for q in needed)]
+
+
+def fresh_tmp() -> list[str]:
+    """Shell commands for a fresh tmpfs on /tmp that keeps what edge runs from: the
+    repository (its editable install) and the venv, which a clone under /tmp has there
+    too (CI's may). They are bind-mounted to a staging tmpfs on /media first, then moved
+    back onto empty directories of the new /tmp."""
+    keep = kept_under_tmp()
+    out = ["mount -t tmpfs -o size=1m,mode=755 tmpfs /media"] if keep else []
+    for i, p in enumerate(keep):
+        out += [f"mkdir /media/keep{i}", f"mount --bind {p} /media/keep{i}"]
+    out.append("mount -t tmpfs -o size=16m,mode=1777 tmpfs /tmp")
+    for i, p in enumerate(keep):
+        out += [f"mkdir -p {p}", f"mount --move /media/keep{i} {p}"]
+    return out + (["umount /media"] if keep else [])
+
+
 def image_env() -> dict[str, str]:
     """The Dockerfile's ENV as docker run gives it, /opt/edge/bin being .venv/bin."""
     out = {"PATH": BASE_PATH, "HOME": "/nonexistent"}
@@ -102,7 +124,7 @@ class Container:
         command = [c.replace(target, str(source)) for c in argv()]  # ENTRYPOINT + CMD; /etc/edge's files
         setup = " && ".join([
             "ip link set lo up",
-            "mount -t tmpfs -o size=16m,mode=1777 tmpfs /tmp",
+            *fresh_tmp(),
             f"mount -t tmpfs -o size={shm_size},mode=1777 tmpfs /dev/shm",
             *reachable_interpreter(),
             "mount -o remount,bind,ro /",  # this mount namespace's view only (MS_BIND)
@@ -232,7 +254,8 @@ def test_the_image_command_serves_as_pid1_uid_8888_on_a_read_only_root(container
     writable = c.nsenter("sh", "-c", "touch /etc/x 2>&1; ls -A /tmp; echo --; ls /dev/shm", user=False).stdout
     assert "Read-only file system" in writable
     tmp, _, shm = writable.partition("--")
-    assert tmp.strip().splitlines()[1:] == [], writable
+    kept = sorted({p.relative_to("/tmp").parts[0] for p in kept_under_tmp()})  # a clone under /tmp
+    assert tmp.strip().splitlines()[1:] == kept, writable
     assert shm.split(), writable
 
 
