@@ -30,8 +30,8 @@ class Activated:
     sock: socket.socket
 
 
-def listen_fds(environ: MutableMapping[str, str] = os.environ, pid: int | None = None) -> list[Activated]:
-    """The listening TCP sockets passed by systemd for process `pid` (default ours), in fd
+def listen_fds(environ: MutableMapping[str, str] = os.environ) -> list[Activated]:
+    """The listening TCP sockets systemd passed to this process, in fd
     order; [] outside socket activation. A passed fd that is not a listening TCP socket
     (a datagram or FIFO ListenX= line) is logged and closed: edge cannot serve it."""
     count = environ.pop("LISTEN_FDS", "")
@@ -39,7 +39,7 @@ def listen_fds(environ: MutableMapping[str, str] = os.environ, pid: int | None =
     names = environ.pop("LISTEN_FDNAMES", "")
     if not count:
         return []
-    if meant_for != str(os.getpid() if pid is None else pid):
+    if meant_for != str(os.getpid()):
         log.warning("LISTEN_FDS=%s is meant for pid %s, not this process: not taking them", count, meant_for or "?")
         return []
     if not count.isdigit():

@@ -89,12 +89,11 @@ class Supervisor:
             log.info("port %d: listening socket from systemd (%s)", a.port, a.name)
         self.stats = self.publisher = self.counters = self.admin_socket = None
         self.upgrade_listener = self.admin_scope = None
-        self.retired = False  # handed over to a new edge
         # the edge this one takes over from (handover.HandoverFailed when it refuses)
         self.taken = handover.take_over(opts.upgrade_socket) if opts.upgrade_socket else None
         try:
             self._create_segments()  # shm.NoSpace when /dev/shm has no room for them
-            self.admin_socket = self._admin_socket()  # OSError when the address is taken
+            self.admin_socket = self._admin_socket()  # AdminBindError when the address is taken
             self._init_rest(opts)
         except BaseException:  # no room, an unreadable kubeconfig: leave no segment behind
             self.close_segments()
@@ -369,7 +368,6 @@ class Supervisor:
     def retire(self) -> None:
         """A new edge serves: stop answering admin requests, drain, exit, and leave the
         counter segment (it is the new edge's now)."""
-        self.retired = True
         self.counters.disown()
         if self.admin_scope is not None:
             self.admin_scope.cancel()
