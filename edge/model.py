@@ -148,12 +148,47 @@ class Route:
 
 
 @dataclass(frozen=True)
+class Certificate:
+    """Key material from a `kubernetes.io/tls` Secret (or tls.crt / tls.key files).
+
+    It travels in the table like routes do, so workers never read key files per
+    connection, and a rotated Secret is a new table."""
+
+    name: str  # "namespace/name" of the Secret
+    chain_pem: str  # the certificate chain, leaf first
+    key_pem: str  # the private key ("" for a CA-only Secret)
+
+
+@dataclass(frozen=True)
+class ServerTLS:
+    """TLS termination for a set of server names: a Host's tlsSecret/tls/tlsContext, or a
+    TLSContext with `hosts` and `secret`."""
+
+    name: str  # what it came from: "Host ns/name" or "TLSContext ns/name"
+    server_names: tuple[str, ...]  # DNS globs, lower-cased, as SNI selects them ("*" for any)
+    certificate: int  # index into RouteTable.certificates
+    ca_certificate: int = -1  # ca_secret: verify client certificates against it; -1: none
+    cert_required: bool = False
+    min_version: str = ""  # "v1.0" .. "v1.3"; "": the library's default
+    max_version: str = ""
+    cipher_suites: tuple[str, ...] = ()  # OpenSSL names; (): the default
+    ecdh_curves: tuple[str, ...] = ()
+    alpn_protocols: tuple[str, ...] = ()  # (): the worker offers what it speaks
+
+
+@dataclass(frozen=True)
 class VirtualHost:
     """A Host object (or the implicit "*" when there are none) and its ordered routes."""
 
     name: str  # "namespace/name" of the Host, "*" for the implicit one
     hostname: str  # DNS glob
     routes: tuple[int, ...]  # indexes into RouteTable.routes, in match order
+    tls: int = -1  # index into RouteTable.server_tls; -1: no TLS of its own
+    # requestPolicy.insecure: what a request that did not arrive securely gets:
+    # "Redirect" (301 to https), "Route" or "Reject" (Emissary's defaults: Redirect when
+    # the Host has TLS, Route otherwise)
+    insecure_action: str = "Route"
+    insecure_additional_port: int = -1  # requestPolicy.insecure.additionalPort; -1: none
 
 
 @dataclass(frozen=True)
@@ -161,7 +196,7 @@ class ListenerSpec:
     name: str
     port: int
     bind_address: str
-    protocol: str  # "HTTP"
+    protocol: str  # "HTTP" or "HTTPS" (TLS and cleartext on one port, told apart by the first bytes)
     security_model: str  # "XFP", "SECURE" or "INSECURE"
     l7_depth: int
     stats_prefix: str
@@ -189,3 +224,5 @@ class RouteTable:
     clusters: tuple[Cluster, ...]
     diagnostics: tuple[Diagnostic, ...] = field(default=())
     rate_limits: tuple[RateLimitRule, ...] = ()
+    certificates: tuple[Certificate, ...] = ()
+    server_tls: tuple[ServerTLS, ...] = ()
