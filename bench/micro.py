@@ -3,7 +3,8 @@
     python -m bench.micro
 
 HTTP/1 parse of the request wrk sends and of nginx's answer, the upstream request head and
-the client response head, route match at 10 and 10,000 Mappings, and the decode of a
+the client response head, route match at 10 and 10,000 Mappings, the whole request
+decision (plan: target split, match, rewrite) at 10 Mappings, and the decode of a
 10,000-Mapping table as a worker does on every reload, and one whole request through
 the connection handler in-process (client and upstream on local sockets, no scheduler):
 plus one local rate-limit check (descriptors, limit match, shared-memory counters);
@@ -27,6 +28,8 @@ from edge.supervisor.compile import compile
 from edge.worker.conn import ClientConnection
 from edge.worker.proto.h1 import RequestParser, ResponseParser
 from edge.worker.heads import request_head, response_head
+from edge.worker.plan import plan
+from edge.worker.proto.messages import Request
 from edge.worker.reactor import EPOLLIN, EPOLLOUT
 from edge.worker.router import Router
 from edge.worker.state import WorkerState
@@ -153,6 +156,9 @@ def run() -> dict[str, float]:
         framing=b"content-length: 23\r\n", close=False), 20000)
 
     results["route_match_10"] = per_call_us(lambda: small.match(8080, "127.0.0.1", "/svc-5/x", b"GET", [], ""), 20000)
+    wrk_req = Request(b"GET", b"/svc-5/x", "1.1", [(b"host", b"127.0.0.1:8080")], True, False, None,
+                      b"127.0.0.1:8080", False, False, frozenset(), False)
+    results["plan_10"] = per_call_us(lambda: plan(small, 8080, "127.0.0.1", wrk_req), 20000)
     big_table = compile(mappings(10000))[0]
     big = Router(big_table)
     results["route_match_10000"] = per_call_us(

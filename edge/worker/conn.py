@@ -20,12 +20,10 @@ from __future__ import annotations
 import logging
 import math
 import os
-import random
 import socket
 import time
 
 from edge.ratelimit import responses as ratelimit_responses
-from edge.ratelimit.descriptors import descriptors
 from edge.worker.proto.h1 import (
     Body,
     ClientError,
@@ -39,9 +37,8 @@ from edge.worker.proto.h1 import (
     simple_response,
 )
 from edge.worker.heads import request_head, response_head
-from edge.worker.proxy import normalize_path, rewrite_path, split_target
+from edge.worker.plan import LocalReply, Plan, plan
 from edge.worker.reactor import HUP_EVENTS, READ_EVENTS, WRITE_EVENTS, Handler, flush_kept, send_or_keep
-from edge.worker.router import pick_target
 from edge.worker.state import READ_SIZE, WorkerState
 from edge.worker.upstream import UpstreamConn
 
@@ -59,12 +56,12 @@ CHUNKED = b"transfer-encoding: chunked\r\n"
 
 class ClientConnection(Handler):
     __slots__ = (
-        "state", "reactor", "sock", "fd", "peer", "port", "port_suffix", "parser", "router", "phase",
+        "state", "reactor", "sock", "fd", "peer", "port", "parser", "router", "phase",
         "readable", "hup", "out", "closing", "busy",
         # the request being answered
-        "req", "target", "cluster", "endpoint", "head", "attempts", "up", "head_sent", "request_sent",
+        "req", "plan", "endpoint", "head", "attempts", "up", "head_sent", "request_sent",
         "response_started", "request_deadline", "idle_s", "sent_at", "to_chunked", "close_client",
-        "keep_upstream", "extra_response", "limits_matched",
+        "keep_upstream", "extra_response",
     )
 
     def __init__(self, state: WorkerState, sock: socket.socket, peer: str, port: int):
@@ -75,7 +72,6 @@ class ClientConnection(Handler):
         self.fd = sock.fileno()
         self.peer = peer
         self.port = port
-        self.port_suffix = f":{port}"
         self.router = state.router
         self.parser = RequestParser(self.router.max_head)
         self.readable = False
@@ -86,7 +82,7 @@ class ClientConnection(Handler):
         self.req: Request | None = None
         self.up: UpstreamConn | None = None
         self.response_started = False
-        self.limits_matched = None  # (target, router, [(limit, counter key)]) of the last request
+        self.plan: Plan | None = None  # the last request's; its rate limits may serve the next one
         state.connections.add(self)
         self._wait_request()
         self.reactor.register(self.fd, self)
@@ -156,7 +152,7 @@ class ClientConnection(Handler):
             elif phase == CONNECT:
                 ep = self.endpoint
                 self._local(504, b"upstream connect timeout: connect to %s:%d timed out after %d ms" % (
-                    ep.address.encode(), ep.port, self.cluster.connect_timeout_ms), close=True)
+                    ep.address.encode(), ep.port, self.plan.cluster.connect_timeout_ms), close=True)
             else:
                 self._local(504, b"upstream idle timeout", close=True)
 
@@ -291,57 +287,34 @@ class ClientConnection(Handler):
         state.requests += 1
         self.router = router = state.router  # the request's table, kept until its response ends
         self.req = req
-        settings = router.settings
-        must_close = not req.keep_alive or req.has_body  # a body we do not read poisons the stream
-        if req.upgrade:
-            self._local(501, b"protocol upgrades are not supported yet", close=True)
+        decided = plan(router, self.port, self.peer, req, self.plan)
+        if type(decided) is LocalReply:
+            if decided.close and decided.status < 500:
+                state.client_errors += 1  # a malformed request
+            self._local(decided.status, decided.body, decided.close or not req.keep_alive or req.has_body,
+                        decided.extra, decided.content_type)
             return
-        try:
-            path, query = split_target(req.target)
-            if "%" in path or "/." in path or "//" in path:
-                path = normalize_path(path, settings.merge_slashes)
-        except ClientError as exc:
-            state.client_errors += 1
-            self._local(exc.status, exc.reason.encode(), close=True)
-            return
-        host = req.host.decode("latin-1").lower() if req.host else ""
-        if settings.strip_matching_host_port and host.endswith(self.port_suffix):
-            host = host[: -len(self.port_suffix)]
-        found = router.match(self.port, host, path, req.method, req.headers, query)
-        if found is None:
-            self._local(404, b"", close=must_close)
-            return
-        route, matched = found
-        targets = route.targets
-        self.target = target = targets[0] if len(targets) == 1 else pick_target(route, int(random.random() * 100))
-        t = target.target
-        self.cluster = router.clusters[t.cluster]
-        listener = router.listeners[self.port]
-        new_path = rewrite_path(path, matched, t.rewrite, target.regex_rewrite, t.regex_rewrite_substitution)
-        original = (path + ("?" + query if query else "")) if new_path != path else None
+        self.plan = decided
         self.head = request_head(
-            req.method, new_path, query, req.headers, connection=req.connection, client_ip=self.peer, xfp=b"http",
-            trust_xff=listener.l7_depth > 0 or settings.xff_num_trusted_hops > 0,
-            original_path=original, rules=target.headers, suppress_envoy=settings.suppress_envoy_headers,
+            req.method, decided.path, decided.query, req.headers, connection=req.connection, client_ip=self.peer,
+            xfp=b"http", trust_xff=decided.trust_xff, original_path=decided.original_path,
+            rules=decided.target.headers, suppress_envoy=router.settings.suppress_envoy_headers,
             chunked=req.chunked, content_length=req.content_length)
         self.extra_response = b""
-        if t.labels and router.rate_limits and state.limits is not None:
-            cached = self.limits_matched
-            limits = cached[2] if cached is not None and cached[0] is target and cached[1] is router \
-                else self._matched_limits(target, listener)
-            if limits:
-                limiter = state.limits
-                if not limiter.synchronous:
-                    limiter.decide(limits, self._limits_decided)  # answers when Redis has
-                    return
-                refusal, inject = limiter.check(limits)  # shared memory: now
-                if refusal is not None or inject:
-                    self._limits_decided(refusal, inject)
-                    return
+        limits = decided.limits
+        if limits and state.limits is not None:
+            limiter = state.limits
+            if not limiter.synchronous:
+                limiter.decide(limits, self._limits_decided)  # answers when Redis has
+                return
+            refusal, inject = limiter.check(limits)  # shared memory: now
+            if refusal is not None or inject:
+                self._limits_decided(refusal, inject)
+                return
         self._go()
 
     def _go(self) -> None:
-        t = self.target.target
+        t = self.plan.target.target
         self.request_deadline = time.monotonic() + t.timeout_ms / 1000 if t.timeout_ms else math.inf
         self.idle_s = t.idle_timeout_ms / 1000
         self.attempts = 2
@@ -364,25 +337,14 @@ class ClientConnection(Handler):
         except Exception as exc:  # noqa: BLE001 (reported as our bug: 500 and a counter)
             self.on_bug(exc)
 
-    def _matched_limits(self, target, listener) -> list:
-        """(limit, counter key) of every limit the request's descriptors match; kept for
-        the next requests of a keep-alive connection when they depend on it alone."""
-        t = target.target
-        matched = []
-        index = self.router.rate_limits
-        for domain, keys, values in descriptors(t.labels, self.req.headers, self.peer, listener.name, t.cluster):
-            matched += index.matches(domain, keys, values)
-        if target.labels_per_connection:
-            self.limits_matched = (target, self.router, matched)
-        return matched
-
     def _attempt(self) -> None:
         """Send the request to an endpoint of the target's cluster (again, after a stale
         pooled connection failed)."""
         state = self.state
         self.attempts -= 1
         self.head_sent = self.request_sent = False
-        self.endpoint = endpoint = state.pool.pick(self.cluster)
+        cluster = self.plan.cluster
+        self.endpoint = endpoint = state.pool.pick(cluster)
         if endpoint is None:
             state.upstream_errors += 1
             self._local(503, b"no healthy upstream", close=not self.req.keep_alive or self.req.has_body)
@@ -397,7 +359,7 @@ class ClientConnection(Handler):
             self._send_head()
         else:
             self.phase = CONNECT
-            connect_deadline = time.monotonic() + self.cluster.connect_timeout_ms / 1000
+            connect_deadline = time.monotonic() + cluster.connect_timeout_ms / 1000
             self.reactor.set_deadline(self, min(self.request_deadline, connect_deadline))
 
     def _exchange_deadline(self, now: float) -> None:
@@ -507,7 +469,7 @@ class ClientConnection(Handler):
 
     def _response_head(self, resp: Response) -> bytes:
         req = self.req
-        rules = self.target.headers
+        rules = self.plan.target.headers
         framing, self.to_chunked, close_delimited = _framing(req, resp)
         self.close_client = (not req.keep_alive or close_delimited or self.state.draining
                              or not self.request_sent)  # an unread body poisons the stream

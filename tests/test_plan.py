@@ -1,0 +1,153 @@
+"""plan(): the per-request decision every protocol shares, tested without a socket."""
+
+from __future__ import annotations
+
+import pytest
+
+from edge.resources.base import RawObject
+from edge.supervisor.compile import compile
+from edge.worker.plan import LocalReply, Plan, plan
+from edge.worker.proto.messages import Request
+from edge.worker.router import Router
+
+
+def obj(kind, name, spec):
+    return RawObject(kind, "default", name, "t.yaml", spec)
+
+
+def mapping(name, prefix, service="10.0.0.1:80", **spec):
+    return obj("Mapping", name, {"prefix": prefix, "service": service, **spec})
+
+
+def router(*objects) -> Router:
+    table, diags = compile(objects)
+    assert not [d for d in diags if d.severity == "error"], diags
+    return Router(table)
+
+
+def request(target=b"/", host=b"example.com", method=b"GET", headers=(), upgrade=False) -> Request:
+    head = [(b"host", host)] if host is not None else []
+    head += list(headers)
+    return Request(method=method, target=target, version="1.1", headers=head, keep_alive=True, chunked=False,
+                   content_length=None, host=host, expect_continue=False, upgrade=upgrade,
+                   connection=frozenset(), has_body=False)
+
+
+TABLE = router(
+    mapping("api", "/api/", "10.0.0.1:80"),
+    mapping("kept", "/kept/", "10.0.0.2:80", rewrite=""),
+    mapping("moved", "/old/", "10.0.0.3:80", rewrite="/new/"),
+    mapping("rx", "/rx/", "10.0.0.4:80", regex_rewrite={"pattern": "^/rx/([a-z]+)$", "substitution": "/x/\\1"}),
+    mapping("only-b", "/b/", "10.0.0.5:80", host="b.example.com"),
+    mapping("posts", "/post/", "10.0.0.6:80", method="POST"),
+)
+
+
+@pytest.mark.parametrize("target, host, method, service, path, query, original", [
+    (b"/api/users", b"example.com", b"GET", "10.0.0.1:80", "/users", "", "/api/users"),
+    (b"/api/users?id=7&x", b"example.com", b"GET", "10.0.0.1:80", "/users", "id=7&x", "/api/users?id=7&x"),
+    (b"/kept/a/b", b"example.com", b"GET", "10.0.0.2:80", "/kept/a/b", "", None),
+    (b"/old/page", b"example.com", b"GET", "10.0.0.3:80", "/new/page", "", "/old/page"),
+    (b"/rx/abc", b"example.com", b"GET", "10.0.0.4:80", "/x/abc", "", "/rx/abc"),
+    (b"/b/x", b"B.Example.com", b"GET", "10.0.0.5:80", "/x", "", "/b/x"),
+    (b"/post/1", b"example.com", b"POST", "10.0.0.6:80", "/1", "", "/post/1"),
+    # absolute-form keeps only its path; dot segments and escapes are normalised first
+    (b"http://example.com/api/v?q=1", b"example.com", b"GET", "10.0.0.1:80", "/v", "q=1", "/api/v?q=1"),
+    (b"/kept/a/../b", b"example.com", b"GET", "10.0.0.2:80", "/kept/b", "", None),
+    (b"/%61pi/x", b"example.com", b"GET", "10.0.0.1:80", "/x", "", "/api/x"),
+])
+def test_a_matched_request_gets_its_target_and_rewritten_path(target, host, method, service, path, query, original):
+    decided = plan(TABLE, 8080, "192.0.2.1", request(target, host, method))
+    assert type(decided) is Plan
+    assert decided.cluster.service == service
+    assert (decided.path, decided.query, decided.original_path) == (path, query, original)
+    assert decided.listener.port == 8080 and decided.router is TABLE
+    assert decided.limits == [] and decided.trust_xff is False
+
+
+@pytest.mark.parametrize("target, host, method, status, close", [
+    (b"/nowhere", b"example.com", b"GET", 404, False),
+    (b"/b/x", b"a.example.com", b"GET", 404, False),  # host-bound Mapping
+    (b"/post/1", b"example.com", b"GET", 404, False),  # method-bound Mapping
+    (b"/api/\xff", b"example.com", b"GET", 400, True),
+    (b"/api/%zz", b"example.com", b"GET", 400, True),
+    (b"ftp://example.com/api/", b"example.com", b"GET", 400, True),
+    (b"*", b"example.com", b"OPTIONS", 400, True),
+])
+def test_local_replies_say_whose_fault_and_whether_the_stream_survives(target, host, method, status, close):
+    decided = plan(TABLE, 8080, "192.0.2.1", request(target, host, method))
+    assert type(decided) is LocalReply
+    assert (decided.status, decided.close) == (status, close)
+
+
+def test_an_upgrade_is_refused_until_upgrades_are_served():
+    decided = plan(TABLE, 8080, "192.0.2.1", request(b"/api/ws", upgrade=True))
+    assert type(decided) is LocalReply and decided.status == 501 and decided.close
+
+
+def test_an_unknown_port_has_no_routes():
+    assert plan(TABLE, 9999, "192.0.2.1", request(b"/api/")) == LocalReply(404)
+
+
+def test_the_host_port_is_stripped_only_when_the_module_says_so():
+    objs = (mapping("h", "/h/", host="h.example.com"),)
+    plain = router(*objs)
+    strip = router(*objs, obj("Module", "ambassador", {"config": {"strip_matching_host_port": True}}))
+    on_port = request(b"/h/", b"h.example.com:8080")
+    assert plan(plain, 8080, "p", on_port) == LocalReply(404)  # the Mapping's host is compared with the port
+    assert type(plan(strip, 8080, "p", on_port)) is Plan
+    assert plan(strip, 8080, "p", request(b"/h/", b"h.example.com:8081")) == LocalReply(404)  # not the Listener's
+
+
+def test_the_canary_roll_picks_by_cumulative_weight():
+    canary = router(mapping("main", "/c/", "10.0.1.1:80"), mapping("canary", "/c/", "10.0.1.2:80", weight=10))
+    picks = {roll: plan(canary, 8080, "p", request(b"/c/"), rand=lambda: roll).cluster.service
+             for roll in (0.0, 0.099, 0.10, 0.999)}
+    assert picks == {0.0: "10.0.1.2:80", 0.099: "10.0.1.2:80", 0.10: "10.0.1.1:80", 0.999: "10.0.1.1:80"}
+
+
+def test_forwarded_headers_are_trusted_only_behind_trusted_hops():
+    behind = router(mapping("api", "/api/"), obj("Listener", "l", {"port": 8080, "protocol": "HTTP",
+                                                                    "securityModel": "XFP", "l7Depth": 1}))
+    hops = router(mapping("api", "/api/"), obj("Module", "ambassador", {"config": {"xff_num_trusted_hops": 1}}))
+    assert plan(behind, 8080, "p", request(b"/api/")).trust_xff is True
+    assert plan(hops, 8080, "p", request(b"/api/")).trust_xff is True
+
+
+LIMITED = (
+    mapping("per-user", "/u/", labels={"ambassador": [{"g": [{"request_headers": {"key": "user",
+                                                                                  "header_name": "x-user"}}]}]}),
+    mapping("per-peer", "/p/", labels={"ambassador": [{"g": ["remote_address"]}]}),
+    obj("RateLimit", "rl", {"domain": "ambassador", "limits": [
+        {"pattern": [{"user": "ann"}], "rate": 1, "unit": "minute"},
+        {"pattern": [{"remote_address": "192.0.2.1"}], "rate": 5, "unit": "minute"}]}),
+)
+
+
+def test_limits_are_matched_from_the_request_headers_and_the_peer():
+    table = router(*LIMITED)
+    ann = plan(table, 8080, "192.0.2.1", request(b"/u/", headers=[(b"x-user", b"ann")]))
+    bob = plan(table, 8080, "192.0.2.1", request(b"/u/", headers=[(b"x-user", b"bob")]))
+    peer = plan(table, 8080, "192.0.2.1", request(b"/p/"))
+    other = plan(table, 8080, "198.51.100.1", request(b"/p/"))
+    assert [r.pattern[0].value for r, _ in ann.limits] == ["ann"]
+    assert bob.limits == [] and other.limits == []
+    assert [r.pattern[0].value for r, _ in peer.limits] == ["192.0.2.1"]
+
+
+def test_limits_that_depend_on_the_connection_alone_are_reused_on_it():
+    table = router(*LIMITED)
+    first = plan(table, 8080, "192.0.2.1", request(b"/p/"))
+    again = plan(table, 8080, "192.0.2.1", request(b"/p/"), prior=first)
+    assert again.limits is first.limits
+    # a new table, or a target whose descriptors read headers, matches again
+    reloaded = router(*LIMITED)
+    assert plan(reloaded, 8080, "192.0.2.1", request(b"/p/"), prior=first).limits is not first.limits
+    ann = plan(table, 8080, "192.0.2.1", request(b"/u/", headers=[(b"x-user", b"ann")]))
+    bob = plan(table, 8080, "192.0.2.1", request(b"/u/", headers=[(b"x-user", b"bob")]), prior=ann)
+    assert ann.limits and bob.limits == []
+
+
+def test_plan_is_pure_the_same_request_gives_the_same_decision():
+    req = request(b"/old/page?x=1")
+    assert plan(TABLE, 8080, "p", req) == plan(TABLE, 8080, "p", req)
