@@ -55,6 +55,8 @@ CHUNKED = b"transfer-encoding: chunked\r\n"
 
 
 class ClientConnection(Handler):
+    scheme = b"http"  # X-Forwarded-Proto, when the client's is not trusted
+
     __slots__ = (
         "state", "reactor", "sock", "fd", "peer", "port", "parser", "router", "phase",
         "readable", "hup", "out", "closing", "busy",
@@ -297,7 +299,7 @@ class ClientConnection(Handler):
         self.plan = decided
         self.head = request_head(
             req.method, decided.path, decided.query, req.headers, connection=req.connection, client_ip=self.peer,
-            xfp=b"http", trust_xff=decided.trust_xff, original_path=decided.original_path,
+            xfp=self.scheme, trust_xff=decided.trust_xff, original_path=decided.original_path,
             rules=decided.target.headers, suppress_envoy=router.settings.suppress_envoy_headers,
             chunked=req.chunked, content_length=req.content_length)
         self.extra_response = b""
@@ -563,3 +565,20 @@ def _framing(req: Request, resp: Response) -> tuple[bytes, bool, bool]:
     if req.version == "1.1":
         return CHUNKED, True, False
     return b"", False, True  # an HTTP/1.0 client reads to EOF
+
+
+class TLSConnection(ClientConnection):
+    """An HTTP/1 connection over TLS (`sock` is an edge.worker.tls.TLSTransport)."""
+
+    scheme = b"https"
+    __slots__ = ()
+
+    def on_event(self, mask: int) -> None:
+        # the handshake's flight is the one write with nothing of ours kept behind it
+        if mask & WRITE_EVENTS and not self.out and self.sock.pending_output:
+            try:
+                self.sock.flush()
+            except OSError:
+                self._close()
+                return
+        super().on_event(mask)

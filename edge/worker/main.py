@@ -24,6 +24,7 @@ from edge.ratelimit.store import CounterStore
 from edge.worker.redislink import RedisLink, parse_redis_url
 from edge.shm import StatCells
 from edge.worker.conn import ClientConnection
+from edge.worker.sniff import Sniff
 from edge.worker.state import WorkerState
 from edge.worker.tablewatch import TableWatch
 from edge import workerspec
@@ -142,7 +143,11 @@ class Worker:
                         continue  # ECONNABORTED and the like: that one connection is gone
                     conn.setblocking(False)
                     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                    ClientConnection(state, conn, addr[0], port)
+                    listener = state.router.listeners.get(port)
+                    if listener is not None and listener.protocol == "HTTPS":
+                        Sniff(state, conn, addr[0], port)
+                    else:
+                        ClientConnection(state, conn, addr[0], port)
                     accepted += 1
                     if accepted % ACCEPT_BATCH == 0:  # a flood of connects does not starve the reactor
                         await trio.lowlevel.checkpoint()

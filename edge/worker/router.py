@@ -14,6 +14,7 @@ from urllib.parse import parse_qsl
 from edge.model import Cluster, ListenerSpec, Route, RouteTable, Target
 from edge.ratelimit.descriptors import RuleIndex
 from edge.worker.proxy import HeaderRules, header_rules
+from edge.worker.tls import ServerContexts
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,8 +216,10 @@ class RouteIndex:
 class Router:
     """Read-only lookup structures for one RouteTable."""
 
-    def __init__(self, table: RouteTable, generation: int = 0):
+    def __init__(self, table: RouteTable, generation: int = 0, tls: ServerContexts | None = None):
         self.table = table
+        # SSL contexts by SNI; those of `tls` (the previous table's) are reused where unchanged
+        self.tls = ServerContexts(table, tls)
         self.generation = generation
         self.settings = table.settings
         self.server = table.settings.server_name.encode()
@@ -244,12 +247,14 @@ class Router:
         if (table.routes != old.routes or table.virtual_hosts != old.virtual_hosts
                 or table.listeners != old.listeners or table.settings != old.settings
                 or table.rate_limits != old.rate_limits):
-            return Router(table, generation)
+            return Router(table, generation, self.tls)
         new = object.__new__(Router)
         new.__dict__.update(self.__dict__)
         new.table = table
         new.generation = generation
         new.clusters = {c.name: c for c in table.clusters}
+        if (table.certificates, table.server_tls) != self.tls.key:
+            new.tls = ServerContexts(table, self.tls)
         return new
 
     def match(self, port: int, host: str, path: str, method: bytes, headers: list, query: str) -> tuple[CompiledRoute, int] | None:

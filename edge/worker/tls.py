@@ -1,0 +1,290 @@
+"""TLS termination inside the reactor: contexts per table, and a transport over a socket.
+
+`ServerContexts` turns a table's ServerTLS entries into `ssl.SSLContext`s once per table
+generation (never per connection) and picks one per ClientHello by SNI: the exact name,
+then the longest wildcard, then the fallback (a `*` entry, else the first one), as
+Envoy's filter-chain match does. Key material comes from the table, so a rotated Secret
+is served to the next connection after the reload, and nothing is read from disk.
+
+`TLSTransport` is the stdlib's sans-IO `ssl.SSLObject` over two `ssl.MemoryBIO`s, driven
+by the connection's own reads and writes. It looks like a non-blocking socket to the
+connection handler (`recv_into`, `send`, `fileno`, `close`), with the contracts the
+reactor's edge-triggered reads and `send_or_keep` rely on:
+
+- `recv_into(buf)` fills `buf` with plaintext, reading the socket until the buffer is
+  full or the socket has nothing more; so a short read means "wait for the next event",
+  as on a plain socket. It returns 0 at the end of the stream and raises
+  BlockingIOError when there is nothing yet (the handshake included).
+- `send(data)` encrypts and writes, and returns how much of `data` it took. When the
+  socket takes only part of a piece's ciphertext, the rest is kept and that piece is
+  not counted: the caller keeps it and calls again, once EPOLLOUT says the socket has
+  room, with a buffer that starts with the same bytes (OpenSSL's own rule for a retried
+  write); that call sends the kept ciphertext and counts the piece. So the caller's
+  kept bytes are never empty while ciphertext waits, and EPOLLOUT always has a writer.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import ssl
+from typing import NamedTuple
+
+from edge.model import Certificate, RouteTable, ServerTLS
+
+log = logging.getLogger("edge.worker")
+
+RAW_READ = 65536
+WRITE_CHUNK = 65536  # plaintext per send: bounds the ciphertext kept when the socket is full
+SPOKEN = ("http/1.1",)  # ALPN protocols this worker serves, in its order of preference
+
+VERSIONS = {
+    "v1.0": ssl.TLSVersion.TLSv1, "v1.1": ssl.TLSVersion.TLSv1_1,
+    "v1.2": ssl.TLSVersion.TLSv1_2, "v1.3": ssl.TLSVersion.TLSv1_3,
+}
+
+
+class TLSSetupError(Exception):
+    """A ServerTLS entry could not become a context (the supervisor validated the PEM, so
+    this is an OpenSSL refusal such as an unknown cipher name)."""
+
+
+def _context(entry: ServerTLS, certs: tuple[Certificate, ...]) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    cert = certs[entry.certificate]
+    _load_chain(ctx, cert)
+    if entry.min_version:
+        ctx.minimum_version = VERSIONS[entry.min_version]
+    if entry.max_version:
+        ctx.maximum_version = VERSIONS[entry.max_version]
+    if entry.cipher_suites:
+        ctx.set_ciphers(":".join(entry.cipher_suites))  # TLS 1.2 and below; 1.3 keeps OpenSSL's
+    if entry.ecdh_curves:
+        ctx.set_ecdh_curve(entry.ecdh_curves[0])
+    if entry.ca_certificate >= 0:
+        ctx.load_verify_locations(cadata=certs[entry.ca_certificate].chain_pem)
+        ctx.verify_mode = ssl.CERT_REQUIRED if entry.cert_required else ssl.CERT_OPTIONAL
+    offered = [p for p in (entry.alpn_protocols or SPOKEN) if p in SPOKEN] or list(SPOKEN)
+    ctx.set_alpn_protocols(offered)
+    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE | ssl.OP_NO_RENEGOTIATION
+    return ctx
+
+
+def _load_chain(ctx: ssl.SSLContext, cert: Certificate) -> None:
+    """load_cert_chain reads files only: hand it anonymous memory files, never the disk
+    (a read-only root and a key that must not land in /tmp)."""
+    fds = []
+    try:
+        for pem in (cert.chain_pem, cert.key_pem):
+            fd = os.memfd_create("edge-tls", os.MFD_CLOEXEC)
+            fds.append(fd)
+            os.write(fd, pem.encode())
+        ctx.load_cert_chain(f"/proc/self/fd/{fds[0]}", f"/proc/self/fd/{fds[1]}")
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+class ServerContexts:
+    """The SSL contexts of one table, chosen per ClientHello by SNI.
+
+    Built once per table (in the table loader's thread); a context whose entry and
+    certificates did not change is reused from the previous table's, so a reload that
+    touches only routes costs no certificate loading.
+    """
+
+    def __init__(self, table: RouteTable, previous: ServerContexts | None = None):
+        self.key = (table.certificates, table.server_tls)
+        old = previous.by_entry if previous is not None else {}
+        self.by_entry: dict[tuple, ssl.SSLContext] = {}
+        self.exact: dict[str, ssl.SSLContext] = {}
+        self.wildcards: list[tuple[str, ssl.SSLContext]] = []  # (".suffix", ctx), longest first
+        self.errors: list[str] = []
+        fallback = star = None
+        for entry in table.server_tls:
+            key = (entry, table.certificates[entry.certificate],
+                   table.certificates[entry.ca_certificate] if entry.ca_certificate >= 0 else None)
+            ctx = old.get(key)
+            if ctx is None:
+                try:
+                    ctx = _context(entry, table.certificates)
+                except (ssl.SSLError, ValueError, OSError) as exc:
+                    self.errors.append(f"{entry.name}: {exc}")
+                    log.error("TLS for %s cannot be served: %s", entry.name, exc)
+                    continue
+            self.by_entry[key] = ctx
+            fallback = fallback or ctx
+            for name in entry.server_names:
+                if name == "*":
+                    star = star or ctx
+                elif name.startswith("*."):
+                    self.wildcards.append((name[1:], ctx))
+                else:
+                    self.exact.setdefault(name, ctx)
+        self.wildcards.sort(key=lambda w: -len(w[0]))
+        self.fallback = star or fallback
+        if self.fallback is not None:
+            for ctx in self.by_entry.values():
+                ctx.sni_callback = self._select
+
+    def __bool__(self) -> bool:
+        return self.fallback is not None
+
+    def select(self, server_name: str | None) -> ssl.SSLContext:
+        """The context for an SNI name (None: the client sent none)."""
+        if server_name:
+            name = server_name.lower().rstrip(".")
+            ctx = self.exact.get(name)
+            if ctx is not None:
+                return ctx
+            for suffix, ctx in self.wildcards:
+                if name.endswith(suffix) and len(name) > len(suffix):
+                    return ctx
+        return self.fallback
+
+    def _select(self, sslobj: ssl.SSLObject, server_name: str | None, _ctx: ssl.SSLContext) -> None:
+        chosen = self.select(server_name)
+        if chosen is not sslobj.context:
+            sslobj.context = chosen
+
+    def wrap(self, sock: socket.socket) -> TLSTransport:
+        return TLSTransport(sock, self.fallback)
+
+
+class Handshake(NamedTuple):
+    """What the finished handshake says about the client."""
+
+    alpn: str | None
+    version: str
+    peer_cert: bytes | None  # DER, when the client presented one
+
+
+class TLSTransport:
+    """A server-side TLS stream over a non-blocking socket (see the module docstring)."""
+
+    __slots__ = ("sock", "obj", "incoming", "outgoing", "kept", "kept_plain", "handshake", "eof")
+
+    def __init__(self, sock: socket.socket, ctx: ssl.SSLContext):
+        self.sock = sock
+        self.incoming = ssl.MemoryBIO()
+        self.outgoing = ssl.MemoryBIO()
+        self.obj = ctx.wrap_bio(self.incoming, self.outgoing, server_side=True)
+        self.kept = b""  # ciphertext the socket did not take yet
+        self.kept_plain = 0  # how much of the caller's data that ciphertext carries
+        self.handshake: Handshake | None = None
+        self.eof = False
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    @property
+    def pending_output(self) -> bool:
+        return bool(self.kept)
+
+    def recv_into(self, buf) -> int:
+        obj = self.obj
+        view = memoryview(buf)
+        size = len(view)
+        total = 0
+        try:
+            if self.handshake is None and not self._handshake():
+                if self.eof:
+                    return 0
+                raise BlockingIOError
+            while total < size:
+                try:
+                    n = obj.read(size - total, view[total:])
+                except ssl.SSLWantReadError:
+                    if self.eof or not self._fill():
+                        break
+                    continue
+                if n == 0:
+                    self.eof = True
+                    break
+                total += n
+        except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+            self.eof = True
+        except ssl.SSLError:
+            self._flush_quietly()  # the alert tells the client why
+            raise
+        if self.outgoing.pending:  # post-handshake messages (session tickets, key updates), alerts
+            if self.eof:
+                self._flush_quietly()  # the peer may be gone: its end of stream is what counts
+            else:
+                self._write_out()
+        if total == 0 and not self.eof:
+            raise BlockingIOError
+        return total
+
+    def _fill(self) -> bool:
+        """Move what the socket has into the incoming BIO; False when it has nothing."""
+        try:
+            data = self.sock.recv(RAW_READ)
+        except BlockingIOError:
+            return False
+        if not data:
+            self.eof = True
+            self.incoming.write_eof()
+            return True
+        self.incoming.write(data)
+        return True
+
+    def _handshake(self) -> bool:
+        obj = self.obj
+        while True:
+            try:
+                obj.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                if self.outgoing.pending:
+                    self._write_out()
+                if self.eof or not self._fill():
+                    return False
+        if self.outgoing.pending:
+            self._write_out()
+        cert = obj.getpeercert(binary_form=True)
+        self.handshake = Handshake(obj.selected_alpn_protocol(), obj.version() or "", cert)
+        return True
+
+    def send(self, data) -> int:
+        taken = 0
+        if self.kept:
+            self._write_out()
+            if self.kept:
+                return 0
+            taken, self.kept_plain = self.kept_plain, 0  # `data` starts with what that ciphertext carried
+        view = memoryview(data)
+        size = len(view)
+        while taken < size:
+            piece = view[taken:taken + WRITE_CHUNK]
+            self.obj.write(piece)
+            self._write_out()
+            if self.kept:  # the socket is full: EPOLLOUT comes, and the caller retries from `taken`
+                self.kept_plain = len(piece)
+                return taken
+            taken += len(piece)
+        return taken
+
+    def _write_out(self) -> None:
+        data = self.kept + self.outgoing.read() if self.kept else self.outgoing.read()
+        try:
+            sent = self.sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        self.kept = data[sent:] if sent < len(data) else b""
+
+    def flush(self) -> bool:
+        """On EPOLLOUT with nothing of the caller's waiting (the handshake's flight):
+        send the kept ciphertext; True when none is left."""
+        self._write_out()
+        return not self.kept
+
+    def _flush_quietly(self) -> None:
+        try:
+            self._write_out()
+        except OSError:
+            pass  # the connection is failing already; the alert was a courtesy
