@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from edge.resources.base import RawObject
@@ -151,3 +153,55 @@ def test_limits_that_depend_on_the_connection_alone_are_reused_on_it():
 def test_plan_is_pure_the_same_request_gives_the_same_decision():
     req = request(b"/old/page?x=1")
     assert plan(TABLE, 8080, "p", req) == plan(TABLE, 8080, "p", req)
+
+
+def with_insecure(table_router: Router, action: str, security_model: str = "XFP", l7_depth: int = 0) -> Router:
+    """The same table, its virtual hosts given requestPolicy.insecure.action and its Listener
+    a security model (what compile makes of Hosts with TLS; set by hand here)."""
+    t = table_router.table
+    vhosts = tuple(dataclasses.replace(v, insecure_action=action) for v in t.virtual_hosts)
+    listeners = tuple(dataclasses.replace(x, security_model=security_model, l7_depth=l7_depth) for x in t.listeners)
+    return Router(dataclasses.replace(t, virtual_hosts=vhosts, listeners=listeners))
+
+
+ACME = mapping("acme", "/.well-known/acme-challenge/", "10.0.9.9:80")
+
+
+@pytest.mark.parametrize("scheme, model, l7, xfp, action, expected", [
+    (b"http", "XFP", 0, None, "Redirect", 301),
+    (b"https", "XFP", 0, None, "Redirect", "routed"),
+    (b"http", "XFP", 0, b"https", "Redirect", 301),  # an untrusted client's X-Forwarded-Proto is not believed
+    (b"http", "XFP", 1, b"https", "Redirect", "routed"),  # behind a trusted hop it is
+    (b"https", "XFP", 1, b"http", "Redirect", 301),
+    (b"http", "SECURE", 0, None, "Redirect", "routed"),  # everything on a SECURE Listener is secure
+    (b"https", "INSECURE", 0, None, "Redirect", 301),
+    (b"http", "XFP", 0, None, "Reject", 404),
+    (b"https", "XFP", 0, None, "Reject", "routed"),
+    (b"http", "XFP", 0, None, "Route", "routed"),
+])
+def test_insecure_requests_get_their_hosts_request_policy(scheme, model, l7, xfp, action, expected):
+    table = with_insecure(router(mapping("api", "/api/")), action, model, l7)
+    headers = [(b"x-forwarded-proto", xfp)] if xfp else []
+    decided = plan(table, 8080, "p", request(b"/api/x?q=1", b"shop.example.com", headers=headers), scheme=scheme)
+    if expected == "routed":
+        assert type(decided) is Plan
+    else:
+        assert type(decided) is LocalReply and decided.status == expected and not decided.close
+    if expected == 301:
+        assert decided.extra == b"location: https://shop.example.com/api/x?q=1\r\n"
+
+
+def test_a_redirect_drops_the_default_http_port_and_keeps_others():
+    table = with_insecure(router(mapping("api", "/api/")), "Redirect")
+    assert plan(table, 8080, "p", request(b"/api/", b"shop.example.com:80")).extra == \
+        b"location: https://shop.example.com/api/\r\n"
+    assert plan(table, 8080, "p", request(b"/api/", b"shop.example.com:8080")).extra == \
+        b"location: https://shop.example.com:8080/api/\r\n"
+
+
+def test_acme_challenges_are_routed_whatever_the_policy_and_unknown_paths_stay_404():
+    for action in ("Redirect", "Reject"):
+        table = with_insecure(router(mapping("api", "/api/"), ACME), action)
+        decided = plan(table, 8080, "p", request(b"/.well-known/acme-challenge/token"))
+        assert type(decided) is Plan and decided.cluster.service == "10.0.9.9:80"
+        assert plan(table, 8080, "p", request(b"/nowhere")) == LocalReply(404)  # Emissary redirects routes only

@@ -289,7 +289,7 @@ class ClientConnection(Handler):
         state.requests += 1
         self.router = router = state.router  # the request's table, kept until its response ends
         self.req = req
-        decided = plan(router, self.port, self.peer, req, self.plan)
+        decided = plan(router, self.port, self.peer, req, self.plan, scheme=self.scheme)
         if type(decided) is LocalReply:
             if decided.close and decided.status < 500:
                 state.client_errors += 1  # a malformed request

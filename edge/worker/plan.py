@@ -59,13 +59,19 @@ UPGRADE_UNSUPPORTED = LocalReply(501, b"protocol upgrades are not supported yet"
 
 
 def plan(router: Router, port: int, peer: str, req: Request, prior: Plan | None = None,
-         rand=random.random) -> Plan | LocalReply:
-    """Decide `req`, which arrived on Listener `port` from client address `peer`.
+         rand=random.random, scheme: bytes = b"http") -> Plan | LocalReply:
+    """Decide `req`, which arrived on Listener `port` from client address `peer` over a
+    connection of `scheme` (b"https" when TLS was terminated).
 
     `prior` is the Plan of the previous request on the same connection: when it had the
     same target in the same table and its limits depend on the connection alone, they are
     reused rather than matched again. `rand` gives the canary roll in [0, 1). Malformed
     targets give a 400 LocalReply (never an exception); no route gives 404.
+
+    A request that is not secure (the Listener's securityModel: XFP reads the effective
+    X-Forwarded-Proto) gets its Host's requestPolicy.insecure.action, as Emissary builds
+    its routes: Redirect answers 301 to https, Reject answers as if no route matched,
+    Route goes on; ACME HTTP-01 challenges are always routed.
     """
     if req.upgrade:
         return UPGRADE_UNSUPPORTED
@@ -83,10 +89,17 @@ def plan(router: Router, port: int, peer: str, req: Request, prior: Plan | None 
     if found is None:
         return NOT_FOUND
     route, matched = found
+    listener = router.listeners[port]
+    trust_xff = listener.l7_depth > 0 or settings.xff_num_trusted_hops > 0
+    if router.insecure_policies and not secure(listener.security_model, scheme, trust_xff, req.headers):
+        action = router.insecure_action(port, host)
+        if action != "Route" and not path.startswith(ACME_CHALLENGE):
+            if action == "Reject":
+                return NOT_FOUND
+            return https_redirect(req.host or b"", path, query)
     targets = route.targets
     target = targets[0] if len(targets) == 1 else pick_target(route, int(rand() * 100))
     t = target.target
-    listener = router.listeners[port]
     new_path = rewrite_path(path, matched, t.rewrite, target.regex_rewrite, t.regex_rewrite_substitution)
     original = (path + ("?" + query if query else "")) if new_path != path else None
     limits = _NO_LIMITS
@@ -96,7 +109,33 @@ def plan(router: Router, port: int, peer: str, req: Request, prior: Plan | None 
         else:
             limits = matched_limits(router, target, listener, req.headers, peer)
     return Plan(route, target, router.clusters[t.cluster], listener, new_path, query, original,
-                listener.l7_depth > 0 or settings.xff_num_trusted_hops > 0, limits, router)
+                trust_xff, limits, router)
+
+
+ACME_CHALLENGE = "/.well-known/acme-challenge/"
+
+
+def secure(security_model: str, scheme: bytes, trust_xff: bool, headers: list) -> bool:
+    """Did the request arrive securely, by the Listener's securityModel? XFP believes the
+    client's X-Forwarded-Proto only from trusted hops (l7Depth, xff_num_trusted_hops), as
+    Envoy overwrites it otherwise."""
+    if security_model == "SECURE":
+        return True
+    if security_model == "INSECURE":
+        return False
+    if trust_xff:
+        for name, value in headers:
+            if name == b"x-forwarded-proto":
+                return value.split(b",")[0].strip().lower() == b"https"
+    return scheme == b"https"
+
+
+def https_redirect(host: bytes, path: str, query: str) -> LocalReply:
+    """Envoy's https_redirect: the same host (its default http port dropped) and path."""
+    if host.endswith(b":80"):
+        host = host[:-3]
+    location = b"https://" + host + (path + ("?" + query if query else "")).encode()
+    return LocalReply(301, b"", False, b"location: " + location + b"\r\n")
 
 
 _NO_LIMITS: list = []  # shared and never changed: most routes have no limits

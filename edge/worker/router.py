@@ -94,13 +94,15 @@ class _VhostIndex:
     then the longest prefix wildcard, then '*' (Envoy's order). Wildcards are grouped by
     length, so a lookup costs one dict probe per distinct wildcard length."""
 
-    def __init__(self, vhosts: list[tuple[str, list[CompiledRoute]]]):
+    def __init__(self, vhosts: list[tuple[str, list[CompiledRoute], str]]):
         self.exact: dict[str, RouteIndex] = {}
         suffix: dict[int, dict[str, list[CompiledRoute]]] = {}
         prefix: dict[int, dict[str, list[CompiledRoute]]] = {}
         exact: dict[str, list[CompiledRoute]] = {}
         star: list[CompiledRoute] | None = None
-        for hostname, routes in vhosts:
+        insecure: dict[str, str] = {}  # hostname -> requestPolicy.insecure.action (the first Host's)
+        for hostname, routes, action in vhosts:
+            insecure.setdefault(hostname, action)
             if hostname == "*":
                 star = routes if star is None else _merge(star, routes)
             elif hostname.startswith("*"):
@@ -113,10 +115,12 @@ class _VhostIndex:
                 group[key] = _merge(group[key], routes) if key in group else routes
             else:
                 exact[hostname] = _merge(exact[hostname], routes) if hostname in exact else routes
-        self.exact = {h: RouteIndex(r) for h, r in exact.items()}
-        self.suffix = [(n, {k: RouteIndex(r) for k, r in g.items()}) for n, g in sorted(suffix.items(), reverse=True)]
-        self.prefix = [(n, {k: RouteIndex(r) for k, r in g.items()}) for n, g in sorted(prefix.items(), reverse=True)]
-        self.star = RouteIndex(star) if star is not None else None
+        self.exact = {h: RouteIndex(r, insecure[h]) for h, r in exact.items()}
+        self.suffix = [(n, {k: RouteIndex(r, insecure["*" + k]) for k, r in g.items()})
+                       for n, g in sorted(suffix.items(), reverse=True)]
+        self.prefix = [(n, {k: RouteIndex(r, insecure[k + "*"]) for k, r in g.items()})
+                       for n, g in sorted(prefix.items(), reverse=True)]
+        self.star = RouteIndex(star, insecure["*"]) if star is not None else None
         self.star_only = not self.exact and not self.suffix and not self.prefix  # no Host names configured
 
     def lookup(self, host: str) -> RouteIndex | None:
@@ -152,8 +156,11 @@ class RouteIndex:
     probe per distinct prefix length), exact routes by their path, regex routes always.
     The cost of a lookup does not grow with the number of routes."""
 
-    def __init__(self, routes: list[CompiledRoute]):
+    def __init__(self, routes: list[CompiledRoute], insecure_action: str = "Route"):
         self.routes = routes
+        # what a request that did not arrive securely gets on these routes: "Route",
+        # "Redirect" (301 to https) or "Reject" (as if no route matched)
+        self.insecure_action = insecure_action
         self.prefix: dict[str, list[int]] = {}
         self.prefix_ci: dict[str, list[int]] = {}
         self.exact: dict[str, list[int]] = {}
@@ -235,9 +242,11 @@ class Router:
             vhosts = []
             for i in listener.hosts:
                 vh = table.virtual_hosts[i]
-                vhosts.append((vh.hostname, [compiled[r] for r in vh.routes]))
+                vhosts.append((vh.hostname, [compiled[r] for r in vh.routes], vh.insecure_action))
             self.listeners[listener.port] = listener
             self._vhosts[listener.port] = _VhostIndex(vhosts)
+        # some Host redirects or rejects insecure requests: plan() asks insecure_action()
+        self.insecure_policies = any(vh.insecure_action != "Route" for vh in table.virtual_hosts)
 
     def with_table(self, table: RouteTable, generation: int) -> Router:
         """A Router for `table`, reusing this one's compiled routes and indexes when only
@@ -256,6 +265,12 @@ class Router:
         if (table.certificates, table.server_tls) != self.tls.key:
             new.tls = ServerContexts(table, self.tls)
         return new
+
+    def insecure_action(self, port: int, host: str) -> str:
+        """requestPolicy.insecure.action of the virtual host a Host header selects."""
+        index = self._vhosts.get(port)
+        vhost = index.lookup(_host_name(host)) if index is not None else None
+        return vhost.insecure_action if vhost is not None else "Route"
 
     def match(self, port: int, host: str, path: str, method: bytes, headers: list, query: str) -> tuple[CompiledRoute, int] | None:
         """The first route that matches, with the matched path length; None for a 404.
@@ -299,6 +314,11 @@ class Router:
                     continue
             return r, matched
         return None
+
+
+def _host_name(host: str) -> str:
+    colon = host.rfind(":")
+    return host[:colon] if colon >= 0 and not host.endswith("]") else host  # [v6] has no port
 
 
 def _header_map(headers: list) -> dict:
