@@ -174,11 +174,11 @@ def forwarder(up: int) -> Target:
     return Target("py-forwarder", port, [proc])
 
 
-def listener_yaml(port: int) -> str:
+def listener_yaml(port: int, protocol: str = "HTTP") -> str:
     return f"""apiVersion: getambassador.io/v3alpha1
 kind: Listener
-metadata: {{name: http}}
-spec: {{port: {port}, protocol: HTTP, securityModel: XFP, hostBinding: {{namespace: {{from: ALL}}}}}}
+metadata: {{name: {protocol.lower()}}}
+spec: {{port: {port}, protocol: {protocol}, securityModel: XFP, hostBinding: {{namespace: {{from: ALL}}}}}}
 """
 
 

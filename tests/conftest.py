@@ -40,18 +40,19 @@ class Edge:
 
     def __init__(self, config_dir: Path, workers: int | None = 2, extra_args: tuple = (), env: dict | None = None,
                  preexec_fn=None, admin_host: str = "127.0.0.1", port: int | None = None,
-                 admin_port: int | None = None, launcher: tuple = (), pass_fds: tuple = ()):
+                 admin_port: int | None = None, launcher: tuple = (), pass_fds: tuple = (), protocol: str = "HTTP"):
         """`workers` None: no --workers (edge picks its default); an `env` value None
         removes that variable; `preexec_fn` runs in the child before exec (affinity, rlimits);
         `admin_host` 0.0.0.0 binds the admin port on every address (still reached on loopback);
         `port`, `admin_port`: given ones instead of free ones (an edge taking over another's);
         `launcher`: python arguments before `-m edge` (a script that execs the rest, as
-        systemd's socket activation does), with `pass_fds` open in the child."""
+        systemd's socket activation does), with `pass_fds` open in the child; `protocol`:
+        the Listener's (HTTPS takes TLS and cleartext)."""
         self.dir = config_dir
         self.port = port or free_port()
         self.admin_port = admin_port or free_port()
         self.workers = workers
-        (config_dir / "00-listener.yaml").write_text(listener_yaml(self.port))
+        (config_dir / "00-listener.yaml").write_text(listener_yaml(self.port, protocol))
         self.log = open(config_dir.parent / f"edge-{self.port}-{config_dir.name}.log", "w+")
         args = [sys.executable, *launcher, "-m", "edge", "serve", "-c", str(config_dir),
                 *(("--workers", str(workers)) if workers is not None else ()),
@@ -166,7 +167,7 @@ def make_edge(tmp_path):
 
     def start(files: dict[str, str], workers: int | None = 2, extra_args: tuple = (), env: dict | None = None,
               preexec_fn=None, admin_host: str = "127.0.0.1", **more) -> Edge:
-        """`more`: Edge's port, admin_port, launcher, pass_fds."""
+        """`more`: Edge's port, admin_port, launcher, pass_fds, protocol."""
         config = tmp_path / f"config{len(started)}"
         config.mkdir()
         for name, text in files.items():
