@@ -9,6 +9,7 @@ from edge.model import Endpoint
 from edge.resources import kubernetes as k8s
 from edge.supervisor import compile as compiler
 from edge.supervisor.endpoints import EndpointBook, dns_names, endpoints_for, fill
+from tests.certgen import b64, pki
 
 
 def svc(name="quote", namespace="default", annotation=None, ports=({"name": "http", "port": 80},),
@@ -103,10 +104,18 @@ def test_an_ingress_becomes_mappings_and_tls_contexts_as_emissary_translates_it(
     assert re.match(wildcard["host"], "shop.example.com") and not re.match(wildcard["host"], "a.b.example.com")
     tls = by_name["web-tls-0"]
     assert (tls.kind, tls.spec["hosts"], tls.spec["secret"]) == ("TLSContext", ["api.example.com"], "api-cert")
-    # and they compile: the generated Mappings are valid ones (for ambassador_id blue)
-    table, cdiags = compiler.compile(objects, compiler.CompileOptions(ambassador_id="blue"))
+    # and they compile: the generated Mappings are valid ones (for ambassador_id blue), and
+    # the TLS entry terminates TLS for its host with the Secret it names
+    pair = pki().leaf
+    cert = k8s.secret({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+                       "metadata": {"name": "api-cert", "namespace": "shop"},
+                       "data": {"tls.crt": b64(pair.cert_pem), "tls.key": b64(pair.key_pem)}})[0]
+    table, cdiags = compiler.compile(objects + cert, compiler.CompileOptions(ambassador_id="blue"))
     assert len(table.routes) == 4
     assert [d.kind for d in cdiags if d.severity == "error"] == []
+    assert [(st.name, st.server_names) for st in table.server_tls] == [("TLSContext shop/web-tls-0",
+                                                                        ("api.example.com",))]
+    assert [c.name for c in table.certificates] == ["shop/api-cert"]
 
 
 def test_an_ingress_backend_without_a_service_is_reported():

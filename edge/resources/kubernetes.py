@@ -4,7 +4,9 @@
 - a Service's `getambassador.io/config` annotation (Emissary's flat multi-document YAML)
   becomes the RawObjects it declares, in the Service's namespace;
 - an Ingress served by edge (Emissary's class rules) becomes one Mapping per path, one for
-  its default backend, and one TLSContext per TLS entry, the way Emissary translates them;
+  its default backend, and one TLSContext per TLS entry (its hosts, `*` when it names
+  none, as Emissary's generated Hosts have), which terminates TLS for those hosts;
+- a Secret becomes a RawObject holding only what TLS reads of it (edge.resources.tls);
 - Services and EndpointSlices become the endpoint view the resolvers read (`ServiceInfo`,
   `SliceInfo`).
 
@@ -21,6 +23,7 @@ import yaml
 
 from edge.model import Diagnostic
 from edge.resources.base import AMBASSADOR_GROUP, Invalid, RawObject, str_labels
+from edge.resources.tls import secret_spec
 
 CONFIG_ANNOTATION = "getambassador.io/config"
 AMBASSADOR_ID_ANNOTATION = "getambassador.io/ambassador-id"
@@ -59,6 +62,13 @@ def custom_resource(kind: str, obj: dict) -> tuple[list[RawObject], list[Diagnos
     except Invalid as exc:
         return [], [_diag(kind, obj, exc.field, exc.message)]
     return [RawObject(kind, namespace, name, SOURCE, spec, labels, obj.get("apiVersion", ""))], []
+
+
+def secret(obj: dict) -> tuple[list[RawObject], list[Diagnostic]]:
+    """A core v1 Secret: read by reference (a Host's tlsSecret, a TLSContext's secret), so it
+    is not selected by ambassador_id or labels; only its type and TLS keys are kept."""
+    namespace, name = _ident(obj)
+    return [RawObject("Secret", namespace, name, SOURCE, secret_spec(obj), {}, obj.get("apiVersion", "v1"))], []
 
 
 # ---- Service annotations ---------------------------------------------------------------
@@ -202,9 +212,11 @@ def ingress(ing: dict, class_names: set[str], default_class: bool) -> tuple[list
         if not tls.get("secretName"):
             diags.append(_diag("Ingress", ing, f"spec.tls[{t}].secretName", "is required", "warning"))
             continue
+        # secretName is a plain Secret name in the Ingress's namespace: no name.namespace
         objects.append(RawObject("TLSContext", namespace, f"{ing_name}-tls-{t}", source,
-                                 {"ambassador_id": ids, "hosts": list(tls.get("hosts") or []),
-                                  "secret": tls["secretName"]}, {}, f"{AMBASSADOR_GROUP}/v3alpha1"))
+                                 {"ambassador_id": ids, "hosts": list(tls.get("hosts") or ["*"]),
+                                  "secret": tls["secretName"], "secret_namespacing": False}, {},
+                                 f"{AMBASSADOR_GROUP}/v3alpha1"))
     return objects, diags
 
 

@@ -7,7 +7,11 @@ from dataclasses import dataclass
 from edge.resources.base import Invalid, RawObject, opt_dict, opt_int, opt_str, str_labels
 
 SECURITY_MODELS = ("XFP", "SECURE", "INSECURE")
-PROTOCOLS = ("HTTP",)
+# HTTPS takes TLS and cleartext on one port, told apart by the first bytes (as Envoy's
+# tls_inspector does for Emissary); the PROXY protocol is not served yet
+PROTOCOLS = ("HTTP", "HTTPS")
+STACKS = {("HTTP", "TCP"): "HTTP", ("TLS", "HTTP", "TCP"): "HTTPS", ("PROXY", "HTTP", "TCP"): "HTTPPROXY",
+          ("TLS", "PROXY", "HTTP", "TCP"): "HTTPSPROXY"}
 NAMESPACE_FROM = ("SELF", "ALL", "SELECTOR")
 
 
@@ -31,12 +35,12 @@ def parse_listener(obj: RawObject) -> ListenerSpec:
     protocol = opt_str(spec, "protocol")
     if protocol is None and "protocolStack" in spec:
         stack = spec["protocolStack"]
-        if stack in (["HTTP", "TCP"], ["PROXY", "HTTP", "TCP"]):
-            protocol = "HTTP" if stack[0] == "HTTP" else "HTTPPROXY"
-        else:
-            raise Invalid("spec.protocolStack", f"stack {stack!r} is not supported; use protocol: HTTP")
+        protocol = STACKS.get(tuple(stack)) if isinstance(stack, list) and all(isinstance(p, str) for p in stack) \
+            else None
+        if protocol is None:
+            raise Invalid("spec.protocolStack", f"stack {stack!r} is not supported; use protocol: HTTP or HTTPS")
     if protocol is None:
-        raise Invalid("spec.protocol", "is required (HTTP)")
+        raise Invalid("spec.protocol", "is required (HTTP or HTTPS)")
     if protocol.upper() not in PROTOCOLS:
         raise Invalid("spec.protocol", f"{protocol!r} is not supported yet; supported: {', '.join(PROTOCOLS)}")
     model = opt_str(spec, "securityModel")

@@ -2,20 +2,22 @@
 
 No I/O, no clock, no globals: the same objects always give the same table. Stages are
 named functions run in order: select (ambassador_id, duplicates) -> parse each kind ->
-group Mappings (canary weights) -> associate Mappings with Hosts -> bind Hosts to
-Listeners -> clusters. An invalid object is dropped with a Diagnostic; everything else
-still compiles. Endpoints other than IP literals are filled in afterwards by
-`edge.supervisor.endpoints.fill`, from what the supervisor's resolvers know.
+TLS (Secrets, TLSContexts, each Host's certificate) -> group Mappings (canary weights) ->
+associate Mappings with Hosts -> bind Hosts to Listeners -> clusters. An invalid object
+is dropped with a Diagnostic; everything else still compiles. Endpoints other than IP
+literals are filled in afterwards by `edge.supervisor.endpoints.fill`, from what the
+supervisor's resolvers know.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterable
 
 from edge.model import (
+    Certificate,
     Cluster,
     Diagnostic,
     Endpoint,
@@ -25,12 +27,13 @@ from edge.model import (
     RateLimitRule,
     Route,
     RouteTable,
+    ServerTLS,
     Settings,
     Target,
     VirtualHost,
 )
 from edge.resources.base import Invalid, RawObject, ambassador_ids
-from edge.resources.host import LATER_FIELDS, HostSpec, parse_host
+from edge.resources.host import HostSpec, parse_host
 from edge.resources.listener import ListenerSpec as ListenerInput
 from edge.resources.listener import parse_listener
 from edge.resources.mapping import MappingSpec, field_diagnostics, parse_mapping
@@ -38,6 +41,8 @@ from edge.resources.module import ModuleSpec, config_diagnostics, parse_module
 from edge.resources.ratelimit import parse_ratelimit
 from edge.resources.resolver import BUILT_IN, CONSUL, SERVICE, ResolverSpec, parse_resolver
 from edge.resources.resolver import KINDS as RESOLVER_KINDS
+from edge.resources.tls import (TLSContextSpec, TLSSettings, ca_bundle, parse_tlscontext, read_secret, secret_ref,
+                                server_name, server_pair)
 
 DEFAULT_TIMEOUT_MS = 3000
 DEFAULT_CONNECT_TIMEOUT_MS = 3000
@@ -47,7 +52,10 @@ DEFAULT_ADMIN_ADDRESS = "127.0.0.1:8877"
 INTERNAL_PRECEDENCE = 1_000_000  # Emissary's internal Mappings win over every user Mapping
 INTERNAL_TIMEOUT_MS = 10_000
 ADMIN_CLUSTER = "cluster_edge_admin"
-SUPPORTED_KINDS = ("Mapping", "Host", "Listener", "Module", "RateLimit", *RESOLVER_KINDS)
+SUPPORTED_KINDS = ("Mapping", "Host", "Listener", "Module", "RateLimit", "TLSContext", "Secret", *RESOLVER_KINDS)
+# read by reference (a Host's tlsSecret, a TLSContext's secret), never selected by
+# ambassador_id: Emissary reads Secrets the same way
+BY_REFERENCE_KINDS = ("Secret",)
 
 
 @dataclass(frozen=True)
@@ -73,13 +81,17 @@ def compile(objects: Iterable[RawObject], options: CompileOptions = CompileOptio
     module = compile_module(selected.get("Module", []), diags)
     listeners = compile_listeners(selected.get("Listener", []), options, diags)
     hosts = compile_hosts(selected.get("Host", []), diags)
+    tls = compile_tls(hosts, selected.get("TLSContext", []), selected.get("Secret", []), diags)
+    hosts = tls.hosts  # without those whose TLS cannot be set up
+    listeners = https_default_listener(listeners, tls, diags)
     resolvers = compile_resolvers(selected, module, diags)
     mappings = compile_mappings(selected.get("Mapping", []), module, resolvers, diags,
                                 auth=selected.get("AuthService", []))
     routes, clusters = build_routes(mappings, module, diags)
     routes, clusters, internal = add_internal_routes(routes, clusters, module, options)
-    vhosts = associate_hosts(hosts, routes, mappings, internal)
+    vhosts = associate_hosts(hosts, routes, mappings, internal, tls.policies)
     bound = bind_listeners(listeners, hosts, vhosts)
+    check_tls_binding(bound, vhosts, hosts, tls, diags)
     rate_limits = compile_rate_limits(selected.get("RateLimit", []), diags)
     table = RouteTable(
         settings=module.settings,
@@ -89,6 +101,8 @@ def compile(objects: Iterable[RawObject], options: CompileOptions = CompileOptio
         clusters=tuple(clusters),
         diagnostics=tuple(sorted(diags.items, key=diag_key)),
         rate_limits=rate_limits,
+        certificates=tls.certificates,
+        server_tls=tls.server_tls,
     )
     return table, list(table.diagnostics)
 
@@ -103,13 +117,14 @@ def select(objects: Iterable[RawObject], options: CompileOptions, diags: _Diags)
     """Keep supported kinds for our ambassador_id; drop duplicate identities."""
     by_key: dict[str, RawObject] = {}
     for obj in sorted(objects, key=lambda o: (o.key, o.source)):
-        try:
-            ids = ambassador_ids(obj.spec)
-        except Invalid as exc:
-            diags.add("error", obj, exc.field, exc.message)
-            continue
-        if options.ambassador_id not in ids:
-            continue
+        if obj.kind not in BY_REFERENCE_KINDS:
+            try:
+                ids = ambassador_ids(obj.spec)
+            except Invalid as exc:
+                diags.add("error", obj, exc.field, exc.message)
+                continue
+            if options.ambassador_id not in ids:
+                continue
         if obj.kind == "AuthService":
             # kept (not served): compile_mappings drops what it would have protected
             diags.add("error", obj, "kind", "AuthService is not served by edge yet: every Mapping without "
@@ -179,11 +194,309 @@ def compile_hosts(objs: list[RawObject], diags: _Diags) -> list[tuple[RawObject,
         except Invalid as exc:
             diags.add("error", obj, exc.field, exc.message)
             continue
-        for name in LATER_FIELDS:
-            if name in obj.spec:
-                diags.add("notice", obj, f"spec.{name}", "TLS and request policies are not served yet; ignored")
+        for severity, field, message in spec.notes:
+            diags.add(severity, obj, field, message)
         out.append((obj, spec))
     return out
+
+
+# ---- TLS: Secrets, TLSContexts, each Host's certificate ---------------------------------
+
+DROPPED = "; Host not served, its cleartext included (Emissary disables a Host whose TLS cannot be set up)"
+INGRESS_SOURCE = "kubernetes:ingress/"
+
+
+@dataclass(frozen=True)
+class HostPolicy:
+    """What compile_tls decided for one Host's virtual host."""
+
+    tls: int  # index into server_tls, -1: none
+    insecure_action: str
+    additional_port: int
+
+
+@dataclass(frozen=True)
+class _TLSWant:
+    """A ServerTLS before indexes: what one Host or TLSContext asks for."""
+
+    name: str  # "Host ns/name" or "TLSContext ns/name"
+    obj: RawObject
+    names_field: str  # where its server names come from, for diagnostics
+    server_names: tuple[str, ...]
+    certificate: str  # Secret "ns/name"
+    chain_pem: str
+    key_pem: str
+    ca: str | None  # Secret "ns/name"
+    ca_pem: str
+    cert_required: bool
+    settings: TLSSettings
+
+    def same_tls(self, other: _TLSWant) -> bool:
+        return (self.certificate, self.ca, self.cert_required, self.settings.min_version, self.settings.max_version,
+                self.settings.cipher_suites, self.settings.ecdh_curves, self.settings.alpn_protocols) == \
+            (other.certificate, other.ca, other.cert_required, other.settings.min_version,
+             other.settings.max_version, other.settings.cipher_suites, other.settings.ecdh_curves,
+             other.settings.alpn_protocols)
+
+
+@dataclass(frozen=True)
+class _TLS:
+    hosts: list[tuple[RawObject, HostSpec]]  # the Hosts still served
+    certificates: tuple[Certificate, ...]
+    server_tls: tuple[ServerTLS, ...]
+    policies: dict[str, HostPolicy]  # by "ns/name" of the Host
+    owners: dict[str, RawObject]  # ServerTLS name -> the object it came from
+
+
+class _Secrets:
+    """Secrets by (namespace, name), each read (decoded, parsed) at most once per compile."""
+
+    def __init__(self, objs: list[RawObject]):
+        self.objs = {(o.namespace, o.name): o for o in objs}
+        self.read: dict[tuple[str, str], object] = {}
+
+    def material(self, namespace: str, name: str):
+        key = (namespace, name)
+        if key not in self.read:
+            obj = self.objs.get(key)
+            if obj is None:
+                self.read[key] = Invalid("", f"secret {namespace}/{name} not found")
+            else:
+                try:
+                    self.read[key] = read_secret(obj)
+                except Invalid as exc:
+                    self.read[key] = Invalid("", f"secret {namespace}/{name} field {exc.field}: {exc.message}")
+        found = self.read[key]
+        if isinstance(found, Invalid):
+            raise found
+        return found
+
+
+def _ca(secrets: _Secrets, settings: TLSSettings, namespace: str, namespacing: bool, field: str,
+        prefix: str = "") -> tuple[str | None, str, bool]:
+    """(CA Secret "ns/name" or None, its PEM, cert_required) for `settings`; Invalid(field)."""
+    required = bool(settings.cert_required)
+    if settings.ca_secret is None:
+        if required:
+            raise Invalid(field, prefix + "cert_required needs ca_secret (the CA to verify client certificates "
+                          "against)")
+        return None, "", False
+    ns, name = secret_ref(settings.ca_secret, namespace, namespacing)
+    try:
+        material = secrets.material(ns, name)
+        bundle = ca_bundle(material)
+    except Invalid as exc:
+        raise Invalid(field, prefix + exc.message) from None
+    if material.cert_required is not None:  # Emissary: a cert_required key in the CA Secret wins
+        required = material.cert_required
+    return f"{ns}/{name}", bundle, required
+
+
+def _host_want(obj: RawObject, spec: HostSpec, secrets: _Secrets,
+               contexts: dict[tuple[str, str], tuple[RawObject, TLSContextSpec] | str], diags: _Diags) -> _TLSWant:
+    """The TLS a Host with a tlsSecret asks for (Emissary's IRHost.setup). Invalid: the Host
+    cannot be served."""
+    ns, name = spec.tls_secret
+    try:
+        chain, key = server_pair(secrets.material(ns, name))
+    except Invalid as exc:
+        raise Invalid("spec.tlsSecret.name", exc.message) from None
+    settings, ca_ns, namespacing, ca_field, prefix = spec.tls or TLSSettings(), obj.namespace, True, \
+        "spec.tls.ca_secret", ""
+    context = spec.tls_context
+    implicit = context is None and spec.tls is None and (obj.namespace, f"{obj.name}-context") in contexts
+    if implicit:
+        context = f"{obj.name}-context"
+    if context is not None:
+        field = "spec.tlsContext.name" if not implicit else "spec.tlsSecret"
+        found = contexts.get((obj.namespace, context))
+        if found is None:
+            raise Invalid(field, f"TLSContext {obj.namespace}/{context} not found")
+        if isinstance(found, str):
+            raise Invalid(field, f"TLSContext {obj.namespace}/{context} is invalid ({found})")
+        cobj, cspec = found
+        if implicit:
+            diags.add("notice", obj, field, f"uses TLSContext {obj.namespace}/{context}: Emissary pairs a Host "
+                      "with the TLSContext named <Host name>-context")
+        if cspec.secret is not None:
+            theirs = secret_ref(cspec.secret, cobj.namespace, cspec.secret_namespacing)
+            if theirs != (ns, name):
+                raise Invalid(field, f"TLSContext {obj.namespace}/{context} names secret {'/'.join(theirs)}, "
+                              f"this Host's tlsSecret is {ns}/{name} (Emissary: secret info mismatch)")
+        if cspec.hosts and spec.hostname not in cspec.hosts and obj.name not in cspec.hosts:
+            diags.add("warning", obj, field, f"TLSContext {obj.namespace}/{context} hosts {list(cspec.hosts)} "
+                      f"do not name this Host's hostname {spec.hostname!r}; Emissary reports the mismatch and "
+                      "uses the TLSContext all the same, and so does edge")
+        settings, ca_ns, namespacing = cspec.settings, cobj.namespace, cspec.secret_namespacing
+        ca_field, prefix = field, f"TLSContext {obj.namespace}/{context} field spec.ca_secret: "
+    ca, ca_pem, required = _ca(secrets, settings, ca_ns, namespacing, ca_field, prefix)
+    return _TLSWant(f"Host {obj.namespace}/{obj.name}", obj, "spec.hostname", (server_name(spec.hostname),),
+                    f"{ns}/{name}", chain, key, ca, ca_pem, required, settings)
+
+
+def _context_want(obj: RawObject, spec: TLSContextSpec, secrets: _Secrets) -> _TLSWant:
+    """A TLSContext with hosts that no Host names: it terminates TLS for its hosts itself."""
+    if spec.secret is None:
+        raise Invalid("spec.secret", "is required: a TLSContext with hosts that no Host names in tlsContext "
+                      "terminates TLS for them itself, with this Secret")
+    ns, name = secret_ref(spec.secret, obj.namespace, spec.secret_namespacing)
+    try:
+        chain, key = server_pair(secrets.material(ns, name))
+    except Invalid as exc:
+        raise Invalid("spec.secret", exc.message) from None
+    ca, ca_pem, required = _ca(secrets, spec.settings, obj.namespace, spec.secret_namespacing, "spec.ca_secret")
+    return _TLSWant(f"TLSContext {obj.namespace}/{obj.name}", obj, "spec.hosts", spec.hosts, f"{ns}/{name}",
+                    chain, key, ca, ca_pem, required, spec.settings)
+
+
+def compile_tls(hosts: list[tuple[RawObject, HostSpec]], context_objs: list[RawObject],
+                secret_objs: list[RawObject], diags: _Diags) -> _TLS:
+    """Certificates and ServerTLS entries, sorted by name, and each Host's TLS and insecure
+    policy. A Host whose TLS cannot be set up (a Secret missing or unreadable, a key that
+    does not match its certificate, a TLSContext missing or at odds with it) is dropped
+    with an error naming the field, as Emissary disables it. A TLSContext with hosts and a
+    secret that no Host names terminates TLS for its hosts by itself (Emissary 1.x's rule,
+    and what Emissary 2.x+ does for an Ingress's TLS through the Hosts it generates). Two
+    entries asking for the same server name: the first by name wins, the later one gets an
+    error (none when both ask for the very same TLS)."""
+    secrets = _Secrets(secret_objs)
+    contexts: dict[tuple[str, str], tuple[RawObject, TLSContextSpec] | str] = {}
+    for obj in sorted(context_objs, key=lambda o: (o.namespace, o.name)):
+        try:
+            spec, notes = parse_tlscontext(obj)
+        except Invalid as exc:
+            diags.add("error", obj, exc.field, exc.message)
+            contexts[(obj.namespace, obj.name)] = f"field {exc.field}: {exc.message}"
+            continue
+        for severity, field, message in notes:
+            diags.add(severity, obj, field, message)
+        contexts[(obj.namespace, obj.name)] = (obj, spec)
+
+    wants: list[_TLSWant] = []
+    kept: list[tuple[RawObject, HostSpec]] = []
+    named: set[tuple[str, str]] = set()  # TLSContexts a Host names: never on their own
+    for obj, spec in sorted(hosts, key=lambda h: (h[0].namespace, h[0].name)):
+        if spec.tls_context is not None:
+            named.add((obj.namespace, spec.tls_context))
+        if spec.tls_secret is None:
+            kept.append((obj, spec))
+            continue
+        if spec.tls_context is None and spec.tls is None:
+            named.add((obj.namespace, f"{obj.name}-context"))
+        try:
+            wants.append(_host_want(obj, spec, secrets, contexts, diags))
+        except Invalid as exc:
+            diags.add("error", obj, exc.field, exc.message + DROPPED)
+            continue
+        kept.append((obj, spec))
+    for key, found in sorted(contexts.items()):
+        if isinstance(found, str) or key in named:
+            continue
+        obj, spec = found
+        if not spec.hosts:
+            diags.add("notice", obj, "spec.hosts", "absent: this TLSContext terminates nothing by itself (one "
+                      "without hosts serves a Host's tlsContext, or TLS origination, which edge does not do yet)")
+            continue
+        try:
+            wants.append(_context_want(obj, spec, secrets))
+        except Invalid as exc:
+            diags.add("error", obj, exc.field, exc.message + "; no TLS for its hosts")
+            continue
+        if not obj.source.startswith(INGRESS_SOURCE):
+            diags.add("notice", obj, "spec.hosts", "terminates TLS for its hosts by itself, as in Emissary 1.x "
+                      "(Emissary 2.x and later use a TLSContext only through a Host's tlsContext, and ignore it "
+                      "otherwise)")
+
+    # one ServerTLS per server name: the first by name wins
+    wants.sort(key=lambda w: w.name)
+    claimed: dict[str, _TLSWant] = {}
+    final: list[_TLSWant] = []
+    alias: dict[str, str] = {}  # a want left with no names of its own -> the identical one serving them
+    for want in wants:
+        names = []
+        for n in want.server_names:
+            winner = claimed.get(n)
+            if winner is None:
+                claimed[n] = want
+                names.append(n)
+            elif winner.same_tls(want):
+                alias.setdefault(want.name, winner.name)
+            else:
+                diags.add("error", want.obj, want.names_field,
+                          f"TLS for {n!r} is already configured by {winner.name} (the first by name wins); "
+                          f"this {want.name.split()[0]}'s certificate and TLS settings are not used for it")
+        if names:
+            final.append(replace(want, server_names=tuple(names)))
+            alias.pop(want.name, None)
+
+    certs: dict[str, tuple[str, str]] = {}
+    for want in final:
+        certs[want.certificate] = (want.chain_pem, want.key_pem)
+    for want in final:  # a CA's key is not needed to verify clients: not shipped unless it also serves
+        if want.ca is not None and want.ca not in certs:
+            certs[want.ca] = (want.ca_pem, "")
+    cert_names = sorted(certs)
+    certificates = tuple(Certificate(n, *certs[n]) for n in cert_names)
+    cert_index = {n: i for i, n in enumerate(cert_names)}
+    server_tls = tuple(ServerTLS(
+        name=w.name, server_names=w.server_names, certificate=cert_index[w.certificate],
+        ca_certificate=cert_index[w.ca] if w.ca is not None else -1, cert_required=w.cert_required,
+        min_version=w.settings.min_version, max_version=w.settings.max_version,
+        cipher_suites=w.settings.cipher_suites, ecdh_curves=w.settings.ecdh_curves,
+        alpn_protocols=w.settings.alpn_protocols) for w in final)
+    index = {st.name: i for i, st in enumerate(server_tls)}
+    with_tls = {w.name for w in wants}
+    policies = {}
+    for obj, spec in kept:
+        name = f"Host {obj.namespace}/{obj.name}"
+        has_tls = name in with_tls
+        action = spec.insecure_action or ("Redirect" if has_tls else "Route")
+        if spec.insecure_action is None and not has_tls:
+            diags.add("notice", obj, "spec.requestPolicy.insecure.action",
+                      "absent: Emissary would Redirect cleartext requests to HTTPS; this Host has no TLS of its "
+                      "own, so edge routes them (say Redirect if TLS is terminated in front of edge)")
+        policies[f"{obj.namespace}/{obj.name}"] = HostPolicy(index.get(name, index.get(alias.get(name, ""), -1)),
+                                                             action, spec.additional_port)
+    return _TLS(kept, certificates, server_tls, policies, {w.name: w.obj for w in final})
+
+
+def https_default_listener(listeners: list[tuple[RawObject | None, ListenerInput]], tls: _TLS,
+                           diags: _Diags) -> list[tuple[RawObject | None, ListenerInput]]:
+    """Without Listener objects edge has one default Listener; it is HTTPS (TLS and
+    cleartext on the one port, told apart by the first bytes) once TLS is configured."""
+    if not tls.server_tls or len(listeners) != 1 or listeners[0][0] is not None:
+        return listeners
+    spec = listeners[0][1]
+    first = tls.server_tls[0].name
+    diags.add("notice", tls.owners[first], "", f"no Listener objects: edge's default Listener on port {spec.port} "
+              "is HTTPS (TLS and cleartext on one port, told apart by the first bytes) because TLS is configured; "
+              "Emissary's own defaults are two Listeners, 8080 HTTP and 8443 HTTPS")
+    return [(None, replace(spec, protocol="HTTPS"))]
+
+
+def check_tls_binding(bound: tuple[ListenerSpec, ...], vhosts: list[VirtualHost],
+                      hosts: list[tuple[RawObject, HostSpec]], tls: _TLS, diags: _Diags) -> None:
+    """Warn where configured TLS is not served: Emissary terminates TLS only on HTTPS
+    Listeners; and where an additionalPort has no Listener (edge opens none for it)."""
+    https = {i for lst in bound if lst.protocol == "HTTPS" for i in lst.hosts}
+    ports = {lst.port for lst in bound}
+    by_name = {f"{o.namespace}/{o.name}": o for o, _ in hosts}
+    for i, vh in enumerate(vhosts):
+        obj = by_name.get(vh.name)
+        if obj is None:
+            continue
+        if vh.tls >= 0 and i not in https:
+            diags.add("warning", obj, "spec.tlsSecret", "no HTTPS Listener binds this Host, so its TLS is not "
+                      "served (Emissary terminates TLS only on Listeners with protocol HTTPS)")
+        if vh.insecure_additional_port >= 0 and vh.insecure_additional_port not in ports:
+            diags.add("warning", obj, "spec.requestPolicy.insecure.additionalPort",
+                      f"no Listener on port {vh.insecure_additional_port}: edge opens no port for it (as Emissary "
+                      "2.x and later, which need a Listener there)")
+    if not any(lst.protocol == "HTTPS" for lst in bound):
+        for st in tls.server_tls:
+            if st.name.startswith("TLSContext "):
+                diags.add("warning", tls.owners[st.name], "spec.hosts", "no HTTPS Listener: this TLSContext's "
+                          "TLS is not served")
 
 
 # ---- resolvers --------------------------------------------------------------------------
@@ -521,7 +834,8 @@ def mapping_attaches(host: HostSpec, m: _Mapping) -> bool:
 
 
 def associate_hosts(hosts: list[tuple[RawObject, HostSpec]], routes: list[tuple[Route, list[_Mapping]]],
-                    mappings: list[_Mapping], internal: tuple[int, ...] = ()) -> list[VirtualHost]:
+                    mappings: list[_Mapping], internal: tuple[int, ...] = (),
+                    policies: dict[str, HostPolicy] | None = None) -> list[VirtualHost]:
     """Each Host's virtual host: the routes with a member Mapping that attaches to it
     (mapping_attaches), in route order. Hosts without a mappingSelector, the usual case,
     go through an index of the Mappings' hostnames, so 1,000 Hosts and 10,000 Mappings
@@ -538,7 +852,13 @@ def associate_hosts(hosts: list[tuple[RawObject, HostSpec]], routes: list[tuple[
                              if any(mapping_attaches(spec, m) for m in members))
         if internal:
             attached = tuple(sorted(set(attached) | set(internal)))
-        vhosts.append(VirtualHost(f"{obj.namespace}/{obj.name}", spec.hostname, attached))
+        key = f"{obj.namespace}/{obj.name}"
+        policy = (policies or {}).get(key)
+        if policy is None:
+            vhosts.append(VirtualHost(key, spec.hostname, attached))
+        else:
+            vhosts.append(VirtualHost(key, spec.hostname, attached, policy.tls, policy.insecure_action,
+                                      policy.additional_port))
     return vhosts
 
 
@@ -598,7 +918,7 @@ def bind_listeners(listeners: list[tuple[RawObject | None, ListenerInput]],
             if spec.host_selector is not None and not _labels_match(spec.host_selector, hobj.labels):
                 continue
             bound.append(i)
-        name = f"{obj.namespace}/{obj.name}" if obj is not None else "default-http"
+        name = f"{obj.namespace}/{obj.name}" if obj is not None else f"default-{spec.protocol.lower()}"
         out.append(ListenerSpec(name, spec.port, "0.0.0.0", spec.protocol, spec.security_model,
                                 spec.l7_depth, spec.stats_prefix, tuple(bound)))
     return tuple(out)

@@ -3,6 +3,11 @@
 
 `load(paths)` is the one-shot read used by `edge check` and by the watcher; `watch` emits a
 new Snapshot whenever a file is added, removed or changed, or when `reload` is set (SIGHUP).
+
+Besides getambassador.io objects, core `v1` Secrets are read (what `kubectl create secret
+tls NAME --cert=... --key=... --dry-run=client -o yaml` writes): Hosts and TLSContexts name
+them for their certificates. Only their type and TLS keys are kept. Other Kubernetes
+objects beside ours (Services, Deployments) are skipped.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import yaml
 
 from edge.model import Diagnostic
 from edge.resources.base import AMBASSADOR_GROUP, Invalid, RawObject, str_labels
+from edge.resources.tls import secret_spec
 from edge.supervisor.sources.inotify import Inotify
 
 SUFFIXES = (".yaml", ".yml", ".json")
@@ -68,14 +74,21 @@ def parse_document(doc, source: str, default_namespace: str) -> RawObject:
     if not isinstance(name, str) or not name:
         raise Invalid("metadata.name", f"is required for {kind}")
     namespace = meta.get("namespace") or default_namespace
-    spec = doc.get("spec") or {}
-    if not isinstance(spec, dict):
-        raise Invalid("spec", "must be a mapping")
     api = doc.get("apiVersion", "")
     if not isinstance(api, str):
         raise Invalid("apiVersion", "must be a string")
+    if is_secret(doc):
+        spec = secret_spec(doc)
+    else:
+        spec = doc.get("spec") or {}
+        if not isinstance(spec, dict):
+            raise Invalid("spec", "must be a mapping")
     return RawObject(kind=kind, namespace=str(namespace), name=name, source=source, spec=spec,
                      labels=str_labels(meta.get("labels"), "metadata.labels"), api_version=api)
+
+
+def is_secret(doc: dict) -> bool:
+    return doc.get("kind") == "Secret" and doc.get("apiVersion") == "v1"
 
 
 # libyaml's parser when PyYAML was built with it: ten times faster on 10,000 Mappings
@@ -100,7 +113,7 @@ def load_file(path: str, default_namespace: str = "default") -> tuple[list[RawOb
             diags.append(Diagnostic("error", path, str(doc.get("kind", "?")) if isinstance(doc, dict) else "?",
                                     default_namespace, f"document {i + 1}", exc.field, exc.message))
             continue
-        if obj.api_version and not obj.api_version.startswith(AMBASSADOR_GROUP + "/"):
+        if obj.api_version and not obj.api_version.startswith(AMBASSADOR_GROUP + "/") and not is_secret(doc):
             continue  # Kubernetes objects beside ours (Services, Deployments) are not ours to read
         objects.append(obj)
     return objects, diags
