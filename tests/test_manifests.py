@@ -103,14 +103,18 @@ def test_rbac_grants_exactly_what_the_kubernetes_source_uses():
     assert {(g, r) for g, r, v in granted if v in ("update", "patch")} == {("networking.k8s.io", "ingresses/status")}
 
 
-def test_rbac_reads_secrets_nowhere():
-    """edge serves no TLS yet, so no Role or ClusterRole in any manifest names secrets (nor "*")."""
+def test_rbac_only_reads_secrets():
+    """edge reads Secrets for TLS (get, list, watch), never writes them, and no Role or
+    ClusterRole in any manifest grants "*" (resources or apiGroups)."""
     for path in MANIFESTS:
         for doc in documents(path):
             if doc["kind"] in ("Role", "ClusterRole"):
                 for rule in doc.get("rules", []):
-                    assert not {"secrets", "*"} & set(rule.get("resources", [])), (path.name, rule)
+                    assert "*" not in rule.get("resources", []), (path.name, rule)
                     assert "*" not in rule.get("apiGroups", []), (path.name, rule)
+                    assert "*" not in rule.get("verbs", []), (path.name, rule)
+                    if "secrets" in rule.get("resources", []):
+                        assert set(rule["verbs"]) <= {"get", "list", "watch"}, (path.name, rule)
 
 
 def test_the_crds_cover_every_kind_the_source_watches():

@@ -8,6 +8,13 @@ One Reflector (list + watch) per kind. Events land here, in the supervisor's tri
   `endpoints_changed`: the supervisor re-fills endpoints and publishes without compiling.
 - Ingresses we serve get `status.loadBalancer` from the gateway's own Service (or a
   configured address).
+- Secrets that can hold TLS material are watched as two kinds, one field selector each
+  (`type=kubernetes.io/tls`, and `type=Opaque` for CA Secrets made with `kubectl create
+  secret generic`; a field selector cannot say "either"), and kept as their TLS keys only
+  (edge.resources.tls.secret_spec); a Secret without any is not kept at all. Like
+  Emissary, they are read by reference, so neither the label selector nor ambassador_id
+  applies to them. When RBAC forbids reading them, edge serves everything else, without
+  TLS, and says so (as for any unavailable kind).
 - A kind the cluster does not serve (Emissary OSS has no RateLimit CRD) or that RBAC
   forbids does not hold anything up: it counts as listed, `statistics()` names it with
   the reason, and it is retried; CustomResourceDefinitions are watched so that a CRD
@@ -35,6 +42,7 @@ import trio
 from edge.model import Diagnostic
 from edge.resources import kubernetes as k8s
 from edge.resources.base import RawObject
+from edge.resources.tls import secret_spec
 from edge.supervisor.endpoints import EndpointBook
 from edge.supervisor.sources.files import Snapshot
 from edge.backoff import Backoff
@@ -50,8 +58,23 @@ ENDPOINT_SLICES = Resource("discovery.k8s.io", "v1", "endpointslices", "Endpoint
 ENDPOINT_SLICES_BETA = Resource("discovery.k8s.io", "v1beta1", "endpointslices", "EndpointSlice")
 INGRESSES = Resource("networking.k8s.io", "v1", "ingresses", "Ingress")
 INGRESS_CLASSES = Resource("networking.k8s.io", "v1", "ingressclasses", "IngressClass", namespaced=False)
+SECRETS = Resource("", "v1", "secrets", "Secret")
+SECRET_TYPES = ("kubernetes.io/tls", "Opaque")
 CRDS = Resource("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition",
                 namespaced=False)
+
+
+def _secret_summary(secret: dict) -> dict:
+    """All we keep of a Secret: its identity, type and TLS keys (never its other data)."""
+    meta = secret.get("metadata") or {}
+    return {"metadata": {k: v for k, v in meta.items() if k in ("name", "namespace", "resourceVersion")},
+            **secret_spec(secret)}
+
+
+def reflector_name(r: Reflector) -> str:
+    """A reflector's name in statistics: its kind, and its field selector when it has one
+    (the two Secret reflectors)."""
+    return f"{r.resource.kind} ({r.field_selector})" if r.field_selector else r.resource.kind
 
 
 def _crd_summary(crd: dict) -> dict:
@@ -96,9 +119,9 @@ class KubernetesSource:
         limiter = trio.CapacityLimiter(64)  # the watch threads must not starve getaddrinfo's
 
         def reflector(resource: Resource, selected: bool = False, fallback: Resource | None = None,
-                      transform=None) -> Reflector:
+                      transform=None, field_selector: str = "") -> Reflector:
             return Reflector(api, resource, self._on_event, namespace=namespace if resource.namespaced else None,
-                             label_selector=scope.label_selector if selected else "",
+                             label_selector=scope.label_selector if selected else "", field_selector=field_selector,
                              watch_timeout=watch_timeout, limiter=limiter, fallback=fallback,
                              page_size=page_size, unavailable_retry=unavailable_retry,
                              unavailable_first=unavailable_first, transform=transform)
@@ -108,6 +131,8 @@ class KubernetesSource:
         self.reflectors += [reflector(SERVICES), reflector(ENDPOINT_SLICES, fallback=ENDPOINT_SLICES_BETA),
                             reflector(INGRESSES, True), reflector(INGRESS_CLASSES),
                             reflector(CRDS, transform=_crd_summary)]
+        self.reflectors += [reflector(SECRETS, field_selector=f"type={t}", transform=_secret_summary)
+                            for t in SECRET_TYPES]
         self.parts: dict[tuple[str, str, str], tuple[list[RawObject], list[Diagnostic]]] = {}
         self.slice_owner: dict[tuple[str, str], tuple[str, str]] = {}
         self.ingresses: dict[tuple[str, str], dict] = {}
@@ -124,6 +149,11 @@ class KubernetesSource:
         kind = resource.kind
         if kind in AMBASSADOR_KINDS:
             self._set_part((kind, *key), k8s.custom_resource(kind, obj) if obj is not None else None)
+        elif kind == "Secret":
+            part = k8s.secret(obj) if obj is not None else None
+            if part is not None and not any(part[0][0].spec.get(p) for p in ("data", "stringData")):
+                part = None  # no TLS key: nothing a Host could use
+            self._set_part(("Secret", *key), part)
         elif kind == "Service":
             self._on_service(key, obj)
         elif kind == "EndpointSlice":
@@ -212,14 +242,14 @@ class KubernetesSource:
 
     def unavailable(self) -> dict[str, str]:
         """Kinds that cannot be listed (not served, forbidden) -> why."""
-        return {r.resource.kind: r.unavailable for r in self.reflectors if r.unavailable is not None}
+        return {reflector_name(r): r.unavailable for r in self.reflectors if r.unavailable is not None}
 
     def statistics(self) -> dict:
         return {
             "synced": self.synced(),
             "stale": any(r.stale for r in self.reflectors),
             "unavailable": self.unavailable(),
-            "kinds": {r.resource.kind: r.statistics() for r in self.reflectors},
+            "kinds": {reflector_name(r): r.statistics() for r in self.reflectors},
             "ingress_status_writes": self.status_writes,
             "ingress_status_errors": self.status_errors,
         }
