@@ -11,7 +11,7 @@ from functools import lru_cache
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from edge.resources.base import RawObject
@@ -50,9 +50,10 @@ def make_ca(cn: str = "edge test CA") -> tuple[Pair, object]:
     return Pair(cert.public_bytes(serialization.Encoding.PEM).decode(), _pem_key(key)), (cert, key)
 
 
-def make_leaf(names: list[str], ca) -> Pair:
+def make_leaf(names: list[str], ca, rsa_bits: int = 0) -> Pair:
+    """A leaf for `names` signed by `ca`: an EC P-256 key, or RSA with `rsa_bits`."""
     ca_cert, ca_key = ca
-    key = _key()
+    key = rsa.generate_private_key(65537, rsa_bits) if rsa_bits else _key()
     cert = (x509.CertificateBuilder().subject_name(_name(names[0])).issuer_name(ca_cert.subject)
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(_START).not_valid_after(_END)

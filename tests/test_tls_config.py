@@ -142,6 +142,17 @@ def test_a_bad_or_missing_secret_is_an_error_on_the_host_naming_its_field(certs,
     assert table.server_tls == () and table.certificates == ()
 
 
+def test_rsa_keys_are_checked_against_their_certificate_too(certs):
+    from tests.certgen import make_ca, make_leaf
+    _, signer = make_ca()
+    leaf = make_leaf(["r.example.com"], signer, rsa_bits=1024)
+    other = make_leaf(["r.example.com"], signer, rsa_bits=1024)
+    for key, ok in ((leaf.key_pem, True), (other.key_pem, False), (certs.leaf.key_pem, False)):
+        table, diags = compile([secret_obj("r", leaf.cert_pem, key), tls_host("r", "r.example.com", "r")])
+        assert (errors(diags) == []) is ok
+        assert len(table.server_tls) == int(ok)
+
+
 def test_a_dropped_host_leaves_the_other_hosts_and_their_tls(certs):
     table, diags = compile([leaf_secret(certs), tls_host("a", "a.example.com", "a-cert"),
                             tls_host("b", "b.example.com", "missing"), mapping("m", "/")])
