@@ -1,4 +1,7 @@
-"""One client connection as a reactor handler: read requests, route, proxy, stream back.
+"""One HTTP/1 client connection as a reactor handler: read requests, plan, proxy, stream back.
+
+The upstream half of each request is the Exchange it inherits (edge.worker.exchange);
+this module holds HTTP/1 I/O and framing on the client side.
 
 Requests on a keep-alive connection are answered in order (pipelining): the next request
 is not read until the previous answer has left. Each request takes the worker's current
@@ -18,12 +21,9 @@ connection; `phase` says what to answer when it fires.
 from __future__ import annotations
 
 import logging
-import math
-import os
 import socket
 import time
 
-from edge.ratelimit import responses as ratelimit_responses
 from edge.worker.proto.h1 import (
     Body,
     ClientError,
@@ -31,40 +31,29 @@ from edge.worker.proto.h1 import (
     Request,
     Response,
     RequestParser,
-    UpstreamError,
     chunk,
     last_chunk,
     simple_response,
 )
+from edge.worker.exchange import HEAD, IDLE, Exchange
 from edge.worker.heads import request_head, response_head
 from edge.worker.plan import LocalReply, Plan, plan
-from edge.worker.reactor import HUP_EVENTS, READ_EVENTS, WRITE_EVENTS, Handler, flush_kept, send_or_keep
+from edge.worker.reactor import HUP_EVENTS, READ_EVENTS, WRITE_EVENTS, flush_kept, send_or_keep
 from edge.worker.state import READ_SIZE, WorkerState
 from edge.worker.upstream import UpstreamConn
 
 log = logging.getLogger("edge.worker")
 
-# What the connection is waiting for when its deadline passes
-IDLE = 0  # the next request: close quietly
-HEAD = 1  # the rest of a request head: 408
-CONNECT = 2  # the upstream's accept (connect_timeout_ms): 504
-EXCHANGE = 3  # the upstream's answer (timeout_ms, idle_timeout_ms): 504
-
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 CHUNKED = b"transfer-encoding: chunked\r\n"
 
 
-class ClientConnection(Handler):
+class ClientConnection(Exchange):
     scheme = b"http"  # X-Forwarded-Proto, when the client's is not trusted
 
-    __slots__ = (
-        "state", "reactor", "sock", "fd", "peer", "port", "parser", "router", "phase",
-        "readable", "hup", "out", "closing", "busy",
-        # the request being answered
-        "req", "plan", "endpoint", "head", "attempts", "up", "head_sent", "request_sent",
-        "response_started", "request_deadline", "idle_s", "sent_at", "to_chunked", "close_client",
-        "keep_upstream", "extra_response",
-    )
+    __slots__ = ("sock", "fd", "peer", "port", "parser", "readable", "hup", "closing", "busy",
+                 # the response being relayed
+                 "to_chunked", "close_client")
 
     def __init__(self, state: WorkerState, sock: socket.socket, peer: str, port: int):
         super().__init__()
@@ -102,61 +91,18 @@ class ClientConnection(Handler):
                 self.hup = True
             self._resume()
 
-    def on_upstream_event(self, up: UpstreamConn, mask: int) -> None:
-        if up is not self.up:
-            return  # an event from before this connection took it
-        if not up.connected:
-            if not mask & WRITE_EVENTS:
-                return
-            err = up.connect_error()
-            if err:
-                self._upstream_failed(502, f"upstream connect error: {os.strerror(err)}", retryable=False)
-                return
-            up.connected = True
-            self._send_head()
-            if self.up is not up:
-                return
-        if mask & WRITE_EVENTS and up.out:
-            try:
-                drained = up.flush()
-            except OSError as exc:
-                self._upstream_failed(502, f"upstream reset: {exc.strerror or exc}", retryable=False)
-                return
-            if drained:
-                self._resume()  # the client's body may flow again
-                if self.up is not up:
-                    return
-        if mask & READ_EVENTS:
-            up.readable = True
-            if mask & HUP_EVENTS:
-                up.hup = True
-            if not self.out:
-                self._read_upstream()
-
     def on_timeout(self) -> None:
-        state = self.state
         phase = self.phase
         if phase == IDLE:
             self._close()
         elif phase == HEAD:
-            if state.draining:
+            if self.state.draining:
                 self._close()
                 return
-            state.client_errors += 1
+            self.state.client_errors += 1
             self._local(408, b"request timeout", close=True)
         else:
-            state.upstream_errors += 1
-            self._drop_upstream()
-            if self.response_started:
-                self._close()
-            elif time.monotonic() >= self.request_deadline:
-                self._local(504, b"upstream request timeout", close=True)
-            elif phase == CONNECT:
-                ep = self.endpoint
-                self._local(504, b"upstream connect timeout: connect to %s:%d timed out after %d ms" % (
-                    ep.address.encode(), ep.port, self.plan.cluster.connect_timeout_ms), close=True)
-            else:
-                self._local(504, b"upstream idle timeout", close=True)
+            self._exchange_timeout()
 
     def on_bug(self, exc: Exception) -> None:
         self.state.internal_errors += 1
@@ -315,137 +261,7 @@ class ClientConnection(Handler):
                 return
         self._go()
 
-    def _go(self) -> None:
-        t = self.plan.target.target
-        self.request_deadline = time.monotonic() + t.timeout_ms / 1000 if t.timeout_ms else math.inf
-        self.idle_s = t.idle_timeout_ms / 1000
-        self.attempts = 2
-        self._attempt()
-
-    def _limits_decided(self, refusal, inject) -> None:
-        """The rate limiter's answer: 429, or on to the upstream. The fleet store calls
-        this from its own handler: our bugs must still land on this connection."""
-        if self.closed or self.req is None:
-            return
-        try:
-            if refusal is not None:
-                self.state.ratelimited += 1
-                extra, body, content_type = ratelimit_responses.refusal(refusal.rule, refusal.decision)
-                self._local(429, body, not self.req.keep_alive or self.req.has_body, extra, content_type)
-                return
-            if inject:
-                self.extra_response = ratelimit_responses.injected(inject)
-            self._go()
-        except Exception as exc:  # noqa: BLE001 (reported as our bug: 500 and a counter)
-            self.on_bug(exc)
-
-    def _attempt(self) -> None:
-        """Send the request to an endpoint of the target's cluster (again, after a stale
-        pooled connection failed)."""
-        state = self.state
-        self.attempts -= 1
-        self.head_sent = self.request_sent = False
-        cluster = self.plan.cluster
-        self.endpoint = endpoint = state.pool.pick(cluster)
-        if endpoint is None:
-            state.upstream_errors += 1
-            self._local(503, b"no healthy upstream", close=not self.req.keep_alive or self.req.has_body)
-            return
-        try:
-            up = state.pool.acquire(endpoint, self)
-        except OSError as exc:
-            self._upstream_failed(502, f"upstream connect error: {exc.strerror or exc}", retryable=False)
-            return
-        self.up = up
-        if up.connected:
-            self._send_head()
-        else:
-            self.phase = CONNECT
-            connect_deadline = time.monotonic() + cluster.connect_timeout_ms / 1000
-            self.reactor.set_deadline(self, min(self.request_deadline, connect_deadline))
-
-    def _exchange_deadline(self, now: float) -> None:
-        idle = self.idle_s
-        self.reactor.set_deadline(self, min(self.request_deadline, now + idle) if idle else self.request_deadline)
-
-    def _send_head(self) -> None:
-        up = self.up
-        req = self.req
-        self.phase = EXCHANGE
-        self.sent_at = now = time.monotonic()
-        self._exchange_deadline(now)
-        if req.method == b"HEAD":
-            up.parser.expect_no_body()
-        try:
-            up.send(self.head)
-        except OSError as exc:
-            self._upstream_failed(502, f"upstream reset: {exc.strerror or exc}",
-                                  retryable=up.reused and not req.has_body)
-            return
-        self.head_sent = True
-        if not req.has_body:
-            self.request_sent = True
-            return
-        if req.expect_continue:
-            self._write(CONTINUE)
-        self._resume()
-
-    def _drop_upstream(self) -> None:
-        if self.up is not None:
-            self.up.close()
-            self.up = None
-
-    def _upstream_failed(self, status: int, message: str, retryable: bool) -> None:
-        self._drop_upstream()
-        if retryable and self.attempts > 0 and not self.response_started:
-            self._attempt()
-            return
-        self.state.upstream_errors += 1
-        if self.response_started:
-            self._close()
-        else:
-            self._local(status, message.encode(), close=True)
-
     # ---- the response --------------------------------------------------------------------
-
-    def _read_upstream(self) -> None:
-        """Read and relay what the upstream sent, until it has nothing more or the
-        client stops taking it."""
-        up = self.up
-        state = self.state
-        parser = up.parser
-        events = parser.events
-        while up.readable and not self.out:
-            try:
-                n = up.sock.recv_into(state.read_buf)
-            except BlockingIOError:
-                up.readable = False
-                return
-            except OSError as exc:
-                self._upstream_gone(f"upstream reset before response: {exc}")
-                return
-            try:
-                if n == 0:
-                    up.readable = False
-                    parser.feed_eof()
-                    if not events:
-                        self._upstream_gone("upstream closed the connection before responding")
-                        return
-                else:
-                    if n < READ_SIZE and not up.hup:
-                        up.readable = False  # edge-triggered: new bytes bring a new event
-                    parser.feed(state.read_buf, n)
-            except UpstreamError as exc:
-                self._upstream_gone(f"upstream reset before response: {exc}")
-                return
-            if self.idle_s:
-                self._exchange_deadline(time.monotonic())
-            if self._relay(events):
-                return
-
-    def _upstream_gone(self, message: str) -> None:
-        fresh = not self.response_started and not self.up.parser.in_message
-        self._upstream_failed(502, message, retryable=fresh and self.up.reused and not self.req.has_body)
 
     def _relay(self, events) -> bool:
         """Write the parsed response events to the client; True once the response ended."""
@@ -483,13 +299,7 @@ class ClientConnection(Handler):
                              framing=framing, close=self.close_client, extra=self.extra_response)
 
     def _end_exchange(self) -> None:
-        up = self.up
-        self.up = None
-        parser = up.parser
-        if self.keep_upstream and self.request_sent and not parser.close_delimited and not parser.in_message:
-            self.state.pool.release(up)
-        else:
-            up.close()
+        self._release_upstream()
         if self.close_client:
             self.req = None
             self.closing = True
@@ -514,6 +324,9 @@ class ClientConnection(Handler):
                 self._close()
         else:
             self._wait_request()
+
+    def _continue(self) -> None:
+        self._write(CONTINUE)
 
     def _write(self, data) -> None:
         if self.closed:
@@ -549,6 +362,8 @@ class ClientConnection(Handler):
         self.reactor.forget(self)
         self.sock.close()
         self.state.connections.discard(self)
+
+    _abort = _close  # a response that cannot be finished ends the connection
 
 
 def _framing(req: Request, resp: Response) -> tuple[bytes, bool, bool]:

@@ -1,0 +1,234 @@
+"""The upstream half of answering one request: the HTTP/1 exchange with an endpoint.
+
+`Exchange` holds what every client protocol shares once plan() has chosen a target:
+the rate limiter's answer, picking an endpoint, the pooled or new connection, sending the
+head and the request body with backpressure, reading and relaying the response, the
+retry of a stale pooled connection, and the deadlines of connect, request and idle
+timeouts. An HTTP/1 client connection (conn.ClientConnection) and an HTTP/2 stream
+(h2conn.H2Stream) are both Exchanges; each supplies the client half:
+
+- `_relay(events) -> bool`: give the parsed response events to the client; True once
+  the response ended (and `_release_upstream()` was called);
+- `_local(status, body, close, extra=b"", content_type=b"text/plain")`: answer ourselves;
+- `_abort()`: the response started and cannot be finished: end the client side;
+- `_resume()`: the upstream takes request body bytes again;
+- `_continue()`: the client waits for `100 Continue` before sending its body;
+- `out`: truthy while the client side has not taken what it was given; the upstream is
+  not read meanwhile (backpressure).
+
+One deadline per Exchange serves every upstream timeout; `phase` says which one runs.
+Whose fault (DESIGN.md §5): upstream trouble answers 502/503/504.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+
+from edge.ratelimit import responses as ratelimit_responses
+from edge.worker.proto.h1 import UpstreamError
+from edge.worker.reactor import HUP_EVENTS, READ_EVENTS, WRITE_EVENTS, Handler
+from edge.worker.state import READ_SIZE
+from edge.worker.upstream import UpstreamConn
+
+# What the deadline is waiting for when it passes
+IDLE = 0  # the next request: close quietly (a client connection's)
+HEAD = 1  # the rest of a request head: 408 (a client connection's)
+CONNECT = 2  # the upstream's accept (connect_timeout_ms): 504
+EXCHANGE = 3  # the upstream's answer (timeout_ms, idle_timeout_ms): 504
+
+
+class Exchange(Handler):
+    __slots__ = (
+        "state", "reactor", "router", "phase", "out",
+        "req", "plan", "endpoint", "head", "attempts", "up", "head_sent", "request_sent",
+        "response_started", "request_deadline", "idle_s", "sent_at", "extra_response", "keep_upstream",
+    )
+
+    def on_upstream_event(self, up: UpstreamConn, mask: int) -> None:
+        if up is not self.up:
+            return  # an event from before this exchange took it
+        if not up.connected:
+            if not mask & WRITE_EVENTS:
+                return
+            err = up.connect_error()
+            if err:
+                self._upstream_failed(502, f"upstream connect error: {os.strerror(err)}", retryable=False)
+                return
+            up.connected = True
+            self._send_head()
+            if self.up is not up:
+                return
+        if mask & WRITE_EVENTS and up.out:
+            try:
+                drained = up.flush()
+            except OSError as exc:
+                self._upstream_failed(502, f"upstream reset: {exc.strerror or exc}", retryable=False)
+                return
+            if drained:
+                self._resume()  # the client's body may flow again
+                if self.up is not up:
+                    return
+        if mask & READ_EVENTS:
+            up.readable = True
+            if mask & HUP_EVENTS:
+                up.hup = True
+            if not self.out:
+                self._read_upstream()
+
+    def _go(self) -> None:
+        t = self.plan.target.target
+        self.request_deadline = time.monotonic() + t.timeout_ms / 1000 if t.timeout_ms else math.inf
+        self.idle_s = t.idle_timeout_ms / 1000
+        self.attempts = 2
+        self._attempt()
+
+    def _limits_decided(self, refusal, inject) -> None:
+        """The rate limiter's answer: 429, or on to the upstream. The fleet store calls
+        this from its own handler: our bugs must still land on this connection."""
+        if self.closed or self.req is None:
+            return
+        try:
+            if refusal is not None:
+                self.state.ratelimited += 1
+                extra, body, content_type = ratelimit_responses.refusal(refusal.rule, refusal.decision)
+                self._local(429, body, not self.req.keep_alive or self.req.has_body, extra, content_type)
+                return
+            if inject:
+                self.extra_response = ratelimit_responses.injected(inject)
+            self._go()
+        except Exception as exc:  # noqa: BLE001 (reported as our bug: 500 and a counter)
+            self.on_bug(exc)
+
+    def _attempt(self) -> None:
+        """Send the request to an endpoint of the target's cluster (again, after a stale
+        pooled connection failed)."""
+        state = self.state
+        self.attempts -= 1
+        self.head_sent = self.request_sent = False
+        cluster = self.plan.cluster
+        self.endpoint = endpoint = state.pool.pick(cluster)
+        if endpoint is None:
+            state.upstream_errors += 1
+            self._local(503, b"no healthy upstream", close=not self.req.keep_alive or self.req.has_body)
+            return
+        try:
+            up = state.pool.acquire(endpoint, self)
+        except OSError as exc:
+            self._upstream_failed(502, f"upstream connect error: {exc.strerror or exc}", retryable=False)
+            return
+        self.up = up
+        if up.connected:
+            self._send_head()
+        else:
+            self.phase = CONNECT
+            connect_deadline = time.monotonic() + cluster.connect_timeout_ms / 1000
+            self.reactor.set_deadline(self, min(self.request_deadline, connect_deadline))
+
+    def _exchange_deadline(self, now: float) -> None:
+        idle = self.idle_s
+        self.reactor.set_deadline(self, min(self.request_deadline, now + idle) if idle else self.request_deadline)
+
+    def _send_head(self) -> None:
+        up = self.up
+        req = self.req
+        self.phase = EXCHANGE
+        self.sent_at = now = time.monotonic()
+        self._exchange_deadline(now)
+        if req.method == b"HEAD":
+            up.parser.expect_no_body()
+        try:
+            up.send(self.head)
+        except OSError as exc:
+            self._upstream_failed(502, f"upstream reset: {exc.strerror or exc}",
+                                  retryable=up.reused and not req.has_body)
+            return
+        self.head_sent = True
+        if not req.has_body:
+            self.request_sent = True
+            return
+        if req.expect_continue:
+            self._continue()
+        self._resume()
+
+    def _drop_upstream(self) -> None:
+        if self.up is not None:
+            self.up.close()
+            self.up = None
+
+    def _upstream_failed(self, status: int, message: str, retryable: bool) -> None:
+        self._drop_upstream()
+        if retryable and self.attempts > 0 and not self.response_started:
+            self._attempt()
+            return
+        self.state.upstream_errors += 1
+        if self.response_started:
+            self._abort()
+        else:
+            self._local(status, message.encode(), close=True)
+
+    def _exchange_timeout(self) -> None:
+        """The connect, request or idle deadline passed."""
+        self.state.upstream_errors += 1
+        self._drop_upstream()
+        if self.response_started:
+            self._abort()
+        elif time.monotonic() >= self.request_deadline:
+            self._local(504, b"upstream request timeout", close=True)
+        elif self.phase == CONNECT:
+            ep = self.endpoint
+            self._local(504, b"upstream connect timeout: connect to %s:%d timed out after %d ms" % (
+                ep.address.encode(), ep.port, self.plan.cluster.connect_timeout_ms), close=True)
+        else:
+            self._local(504, b"upstream idle timeout", close=True)
+
+    def _release_upstream(self) -> None:
+        """The response ended: the connection goes back to the pool if it can serve again."""
+        up = self.up
+        self.up = None
+        parser = up.parser
+        if self.keep_upstream and self.request_sent and not parser.close_delimited and not parser.in_message:
+            self.state.pool.release(up)
+        else:
+            up.close()
+
+    def _read_upstream(self) -> None:
+        """Read and relay what the upstream sent, until it has nothing more or the
+        client stops taking it."""
+        up = self.up
+        state = self.state
+        parser = up.parser
+        events = parser.events
+        while up.readable and not self.out:
+            try:
+                n = up.sock.recv_into(state.read_buf)
+            except BlockingIOError:
+                up.readable = False
+                return
+            except OSError as exc:
+                self._upstream_gone(f"upstream reset before response: {exc}")
+                return
+            try:
+                if n == 0:
+                    up.readable = False
+                    parser.feed_eof()
+                    if not events:
+                        self._upstream_gone("upstream closed the connection before responding")
+                        return
+                else:
+                    if n < READ_SIZE and not up.hup:
+                        up.readable = False  # edge-triggered: new bytes bring a new event
+                    parser.feed(state.read_buf, n)
+            except UpstreamError as exc:
+                self._upstream_gone(f"upstream reset before response: {exc}")
+                return
+            if self.idle_s:
+                self._exchange_deadline(time.monotonic())
+            if self._relay(events):
+                return
+
+    def _upstream_gone(self, message: str) -> None:
+        fresh = not self.response_started and not self.up.parser.in_message
+        self._upstream_failed(502, message, retryable=fresh and self.up.reused and not self.req.has_body)
+
