@@ -5,7 +5,9 @@
 Starts one nginx upstream, nginx and haproxy as keep-alive reverse proxies (1 worker or
 thread each), edge with 1 worker and with N workers (10 Mappings), edge with 10,000
 Mappings, edge with a rate limit that never triggers, and bench.forwarder (a bare Python
-byte relay on edge's reactor: what the event loop alone costs, without HTTP work).
+byte relay on edge's reactor: what the event loop alone costs, without HTTP work). Over
+TLS (https_c50, tls_handshake): nginx (1 worker, `listen ssl`) and edge with 1 and N
+workers (an HTTPS Listener) serve one self-signed ECDSA P-256 certificate made at start.
 Rounds are interleaved (every target once per round, every other round in reverse order)
 and medians reported; CPU per request is the user+system time of the proxy's processes
 (/proc) over the requests wrk completed. Writes bench/results/<scenario>.json, summary.md
@@ -23,7 +25,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import report, targets, wrk
+from bench import report, targets, tlsbench, wrk
 
 RESULTS = targets.ROOT / "bench" / "results"
 
@@ -36,11 +38,14 @@ class Scenario:
     targets: tuple[str, ...]
     baseline: str = "nginx"
     close: bool = False
+    unit: str = "requests/s"  # what one wrk request is, for the report
 
 
 PROXIES = ("nginx", "haproxy", "edge-1", "edge-N")
 # the floor of Python proxying (bench.forwarder: a byte relay, no HTTP), on keep-alive only
 KEEP_ALIVE = (*PROXIES, "py-forwarder")
+# over TLS, the same certificate: nginx (1 worker) and edge with 1 and N workers
+TLS = ("nginx-tls", "edge-1-tls", "edge-N-tls")
 SCENARIOS = {
     "small_c50": Scenario("small GET, keep-alive, 50 connections", "/bench/", 50, KEEP_ALIVE),
     "small_c200": Scenario("small GET, keep-alive, 200 connections", "/bench/", 200, KEEP_ALIVE),
@@ -51,6 +56,12 @@ SCENARIOS = {
                              "/bench/", 50, ("edge-1", "edge-1-10k"), baseline="edge-1"),
     "ratelimit_c50": Scenario("a rate limit per client that never triggers, 50 connections (1 worker)",
                               "/bench/", 50, ("edge-1", "edge-1-ratelimit"), baseline="edge-1"),
+    "https_c50": Scenario("small GET over HTTPS (TLS 1.3, ECDSA P-256, HTTP/1.1), keep-alive, 50 connections",
+                          "/bench/", 50, TLS, baseline="nginx-tls"),
+    "tls_handshake": Scenario("small GET, a new TLS connection (a full handshake) per request, 50 at a time "
+                              "(TLS 1.3, ECDSA P-256; wrk would resume from tickets: nginx has no session "
+                              "cache or tickets, edge no tickets, as it has no resumption across workers yet)",
+                              "/bench/", 50, TLS, baseline="nginx-tls", close=True, unit="handshakes/s"),
 }
 
 
@@ -58,7 +69,7 @@ def measure(target: targets.Target, scenario: Scenario, duration: float) -> dict
     before = target.cpu_seconds()
     loop_before = _reactor_counts(target)
     result = wrk.run(target.port, scenario.path, connections=scenario.connections, duration=duration,
-                     close=scenario.close)
+                     close=scenario.close, tls=target.tls)
     cpu = target.cpu_seconds() - before
     result["cpu_us_per_request"] = cpu / max(result["requests"], 1) * 1e6
     if loop_before is not None:  # edge: scheduler round trips (reactor turns) per request
@@ -87,6 +98,7 @@ def main() -> None:
     chosen = args.scenario or list(SCENARIOS)
     needed = {t for name in chosen for t in SCENARIOS[name].targets}
     work = Path(tempfile.mkdtemp(prefix="edge-bench-"))
+    cert = tlsbench.self_signed(work) if needed & set(TLS) else None
     up = targets.upstream(work)
     running: dict[str, targets.Target] = {}
     try:
@@ -99,18 +111,25 @@ def main() -> None:
             "edge-1-10k": lambda: targets.edge(work, "edge-1-10k", up.port, workers=1, mappings=10_000),
             "edge-1-ratelimit": lambda: targets.edge(work, "edge-1-ratelimit", up.port, workers=1, mappings=10,
                                                      rate_limited=True),
+            "nginx-tls": lambda: targets.nginx_tls(work, up.port, cert),
+            "edge-1-tls": lambda: targets.edge(work, "edge-1-tls", up.port, workers=1, mappings=10, cert=cert),
+            "edge-N-tls": lambda: targets.edge(work, "edge-N-tls", up.port, workers=args.workers, mappings=10,
+                                               cert=cert),
         }
         for name in sorted(needed, key=list(starters).index):
             running[name] = starters[name]()
         for t in [up, *running.values()]:
-            targets.wait_http(t.port)
+            targets.wait_http(t.port, tls=t.tls)
+        for t in running.values():  # every TLS connection of tls_handshake must be a full handshake
+            if t.tls and tlsbench.resumed(t.port):
+                raise SystemExit(f"{t.name} resumes TLS sessions: its new connections would not be full handshakes")
         RESULTS.mkdir(parents=True, exist_ok=True)
         results = {}
         for name in chosen:
             scenario = SCENARIOS[name]
             for t in scenario.targets:  # warm-up: pools, caches, the kernel's accept queues
                 warm = wrk.run(running[t].port, scenario.path, connections=scenario.connections, duration=1,
-                               close=scenario.close)
+                               close=scenario.close, tls=running[t].tls)
                 if warm["errors"]:
                     raise SystemExit(f"{name}: {t} answered {warm['errors']} errors during the warm-up")
             runs: dict[str, list[dict]] = {t: [] for t in scenario.targets}
@@ -122,14 +141,17 @@ def main() -> None:
                     runs[t].append(measure(running[t], scenario, args.duration))
             summary = report.summarize(runs, scenario.baseline)
             results[name] = {"description": scenario.description, "baseline": scenario.baseline,
+                             "unit": scenario.unit,
                              "setup": {"connections": scenario.connections, "duration_s": args.duration,
                                        "rounds": args.rounds, "edge_N_workers": args.workers,
-                                       "cpus": os.cpu_count(), "new_connection_per_request": scenario.close},
+                                       "cpus": os.cpu_count(), "new_connection_per_request": scenario.close,
+                                       "tls": running[scenario.baseline].tls},
                              "summary": summary, "runs": runs}
             (RESULTS / f"{name}.json").write_text(json.dumps(results[name], indent=2) + "\n")
-            text = report.markdown(name, scenario.description, scenario.baseline, summary)
+            text = report.markdown(name, scenario.description, scenario.baseline, summary, scenario.unit)
             print(text, flush=True)
-        md = "\n".join(report.markdown(n, r["description"], r["baseline"], r["summary"]) for n, r in results.items())
+        md = "\n".join(report.markdown(n, r["description"], r["baseline"], r["summary"], r["unit"])
+                       for n, r in results.items())
         (RESULTS / "summary.md").write_text(md)
         try:
             report.chart(results, RESULTS / "summary.png")

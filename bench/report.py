@@ -22,9 +22,10 @@ def summarize(runs: dict[str, list[dict]], baseline: str) -> dict:
     return out
 
 
-def markdown(scenario: str, description: str, baseline: str, summary: dict) -> str:
+def markdown(scenario: str, description: str, baseline: str, summary: dict, unit: str = "requests/s") -> str:
+    """`unit`: what one wrk request is (handshakes/s when each is a new TLS connection)."""
     lines = [f"### {scenario}: {description}", "",
-             f"| target | requests/s | p50 | p99 | CPU/request | MiB/s | req/s vs {baseline} "
+             f"| target | {unit} | p50 | p99 | CPU/request | MiB/s | req/s vs {baseline} "
              f"| CPU vs {baseline} | p99 vs {baseline} | errors |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for name, s in summary.items():
@@ -35,7 +36,7 @@ def markdown(scenario: str, description: str, baseline: str, summary: dict) -> s
 
 
 def chart(results: dict[str, dict], path: Path) -> None:
-    """One panel per scenario: requests/s of each target, labelled with its ratio."""
+    """One panel per scenario: requests/s (or handshakes/s) of each target, labelled with its ratio."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -52,7 +53,7 @@ def chart(results: dict[str, dict], path: Path) -> None:
             ax.annotate(f"{summary[t]['rps_ratio']:.2f}x", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                         ha="center", va="bottom", fontsize=9)
         ax.set_title(f"{scenario}\n(ratio to {results[scenario]['baseline']})", fontsize=10)
-        ax.set_ylabel("requests/s")
+        ax.set_ylabel(results[scenario].get("unit", "requests/s"))
         ax.tick_params(axis="x", labelrotation=30, labelsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=90)

@@ -11,12 +11,15 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from bench.tlsbench import Certificate, host_yaml, no_tickets_env, secret_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 BIG = 1 << 20
@@ -32,12 +35,13 @@ def free_port() -> int:
 @dataclass
 class Target:
     """A running server: `procs` are what we started; CPU is summed over them and
-    their children (edge's workers)."""
+    their children (edge's workers); `tls`: it takes HTTPS (only, or besides cleartext)."""
 
     name: str
     port: int
     procs: list[subprocess.Popen] = field(default_factory=list)
     admin: int | None = None
+    tls: bool = False
 
     def pids(self) -> list[int]:
         found = []
@@ -94,11 +98,14 @@ def admin_json(admin: int, path: str) -> dict:
         return json.loads(r.read())
 
 
-def wait_http(port: int, path: str = "/bench/") -> None:
+def wait_http(port: int, path: str = "/bench/", tls: bool = False) -> None:
+    """Until `path` answers 2xx (over HTTPS without verifying the certificate when `tls`)."""
     deadline = time.monotonic() + 30
+    context = ssl._create_unverified_context() if tls else None
     while True:
         try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2).read()
+            urllib.request.urlopen(f"{'https' if tls else 'http'}://127.0.0.1:{port}{path}", timeout=2,
+                                   context=context).read()
             return
         except OSError:
             if time.monotonic() > deadline:
@@ -106,7 +113,7 @@ def wait_http(port: int, path: str = "/bench/") -> None:
             time.sleep(0.05)
 
 
-def _nginx(work: Path, name: str, port: int, body: str) -> Target:
+def _nginx(work: Path, name: str, port: int, body: str, tls: bool = False) -> Target:
     conf = work / f"{name}.conf"
     conf.write_text(f"""
 worker_processes 1;
@@ -122,7 +129,7 @@ http {{
   {body}
 }}
 """)
-    return Target(name, port, [subprocess.Popen(["nginx", "-c", str(conf)])])
+    return Target(name, port, [subprocess.Popen(["nginx", "-c", str(conf)])], tls=tls)
 
 
 def upstream(work: Path) -> Target:
@@ -141,8 +148,24 @@ def nginx(work: Path, up: int) -> Target:
     return _nginx(work, "nginx", port, f"""
   upstream backend {{ server 127.0.0.1:{up}; keepalive 512; keepalive_requests 1000000; }}
   server {{ listen 127.0.0.1:{port} backlog=4096;
-    location / {{ proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection '';
-      proxy_buffer_size 64k; proxy_buffers 8 64k; proxy_busy_buffers_size 128k; proxy_max_temp_file_size 0; }} }}""")
+    {_NGINX_PROXY} }}""")
+
+
+_NGINX_PROXY = """location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection '';
+      proxy_buffer_size 64k; proxy_buffers 8 64k; proxy_busy_buffers_size 128k; proxy_max_temp_file_size 0; }"""
+
+
+def nginx_tls(work: Path, up: int, cert: Certificate) -> Target:
+    """nginx as above over TLS only (HTTP/1.1, TLS 1.2 and 1.3), without session resumption:
+    no session cache and no tickets, so every new connection is a full handshake (edge has no
+    resumption across workers yet)."""
+    port = free_port()
+    return _nginx(work, "nginx-tls", port, f"""
+  upstream backend {{ server 127.0.0.1:{up}; keepalive 512; keepalive_requests 1000000; }}
+  server {{ listen 127.0.0.1:{port} ssl backlog=4096;
+    ssl_certificate {cert.cert}; ssl_certificate_key {cert.key}; ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_session_cache off; ssl_session_tickets off;
+    {_NGINX_PROXY} }}""", tls=True)
 
 
 def haproxy(work: Path, up: int) -> Target:
@@ -193,11 +216,16 @@ spec:
 """
 
 
-def edge_config(directory: Path, port: int, up: int, mappings: int, rate_limited: bool = False) -> None:
+def edge_config(directory: Path, port: int, up: int, mappings: int, rate_limited: bool = False,
+                cert: Certificate | None = None) -> None:
     """A Listener and `mappings` prefix Mappings; /bench/ is the one in the middle, with
-    a rate limit that never triggers when `rate_limited`."""
+    a rate limit that never triggers when `rate_limited`. With `cert`: an HTTPS Listener
+    and a Host for every name with that certificate (in secrets.yaml, as a kubernetes.io/tls Secret)."""
     directory.mkdir(parents=True, exist_ok=True)
-    docs = [listener_yaml(port)]
+    docs = [listener_yaml(port, "HTTPS" if cert else "HTTP")]
+    if cert:
+        (directory / "secrets.yaml").write_text(secret_yaml("bench-tls", cert))
+        docs.append(host_yaml("bench-tls"))
     middle = mappings // 2
     for i in range(mappings):
         prefix = "/bench/" if i == middle else f"/svc-{i}/"
@@ -212,19 +240,24 @@ spec: {{prefix: "{prefix}", rewrite: "", service: "127.0.0.1:{up}"{labels}}}
     (directory / "edge.yaml").write_text("---\n".join(docs))
 
 
-def edge(work: Path, name: str, up: int, workers: int, mappings: int = 1, rate_limited: bool = False) -> Target:
+def edge(work: Path, name: str, up: int, workers: int, mappings: int = 1, rate_limited: bool = False,
+         cert: Certificate | None = None) -> Target:
     port = free_port()
-    edge_config(work / name, port, up, mappings, rate_limited)
-    return edge_serving(work / name, name, port, workers)
+    edge_config(work / name, port, up, mappings, rate_limited, cert)
+    # over TLS, no session tickets (bench.tlsbench.NO_TICKETS): nothing resumes, as with nginx_tls
+    return edge_serving(work / name, name, port, workers, tls=cert is not None,
+                        env=no_tickets_env(work) if cert else None)
 
 
-def edge_serving(directory: Path, name: str, port: int, workers: int) -> Target:
+def edge_serving(directory: Path, name: str, port: int, workers: int, tls: bool = False,
+                 env: dict[str, str] | None = None) -> Target:
     """`edge serve` on a configuration directory whose Listener is on `port`; the admin
-    port is in `target.admin`."""
+    port is in `target.admin`; `tls`: that Listener is HTTPS; `env`: added to the environment."""
     admin = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "edge", "serve", "-c", str(directory), "--workers", str(workers),
-                             "--admin-addr", f"127.0.0.1:{admin}", "--log-level", "WARNING"], cwd=ROOT)
-    return Target(name, port, [proc], admin)
+                             "--admin-addr", f"127.0.0.1:{admin}", "--log-level", "WARNING"], cwd=ROOT,
+                            env={**os.environ, **env} if env else None)
+    return Target(name, port, [proc], admin, tls)
 
 
 def require(*tools: str) -> None:

@@ -15,17 +15,18 @@ def _ms(text: str, label: str) -> float:
 
 
 def run(port: int, path: str, *, connections: int, duration: float, close: bool = False,
-        host: str | None = None) -> dict:
+        host: str | None = None, tls: bool = False) -> dict:
     """wrk -t2 against 127.0.0.1:port; `close` sends Connection: close (a new
-    connection per request), `host` a Host header. Returns requests, rps, p50/p99 ms,
-    bytes/s and errors."""
+    connection per request: over `tls`, a full handshake each, as wrk never resumes a
+    session), `host` a Host header, `tls` https (wrk does not verify the certificate).
+    Returns requests, rps, p50/p99 ms, bytes/s and errors."""
     cmd = ["wrk", "-t2", f"-c{connections}", f"-d{int(duration)}s", "--latency"]
     if close:
         cmd += ["-H", "Connection: close"]
     if host:
         cmd += ["-H", f"Host: {host}"]
-    out = subprocess.run(cmd + [f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True,
-                         check=True).stdout
+    url = f"{'https' if tls else 'http'}://127.0.0.1:{port}{path}"
+    out = subprocess.run(cmd + [url], capture_output=True, text=True, check=True).stdout
     requests = int(re.search(r"(\d+) requests in", out).group(1))
     transfer = re.search(r"Transfer/sec:\s+([\d.]+)(B|KB|MB|GB)", out)
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
