@@ -13,7 +13,7 @@ import pytest
 
 from edge.model import Certificate, RouteTable, ServerTLS, Settings
 from edge.worker.reactor import flush_kept, send_or_keep
-from edge.worker.tls import ServerContexts, TLSTransport
+from edge.worker.tls import ServerContexts
 from tests.tlscerts import make_ca, make_leaf
 
 
@@ -156,17 +156,17 @@ def test_versions_are_bounded_as_configured(pki):
     assert seen["version"] == "TLSv1.2"
 
 
-def test_client_certificates_are_required_and_verified_against_the_ca(pki):
+def test_client_certificates_are_required_and_verified_against_the_ca(pki, tmp_path):
     contexts = ServerContexts(table(pki, ("a", ("a.example.com",), {"ca_certificate": "ca", "cert_required": True})))
     _, seen, _ = serve_once(contexts, client_context(pki), "a.example.com")
     assert "reply" not in seen or seen["reply"] != b"pong"  # no certificate: no exchange
     ctx = client_context(pki)
-    ctx.load_cert_chain(*_files(pki["client"]))
+    ctx.load_cert_chain(*_files(pki["client"], tmp_path))
     got, seen, transport = serve_once(contexts, ctx, "a.example.com")
     assert seen["reply"] == b"pong" and transport.handshake.peer_cert is not None
     stranger = make_leaf(pki["other_ca"], "stranger", client=True)
     ctx = client_context(pki)
-    ctx.load_cert_chain(*_files(stranger))
+    ctx.load_cert_chain(*_files(stranger, tmp_path))
     _, seen, _ = serve_once(contexts, ctx, "a.example.com")
     assert seen.get("reply") != b"pong"
 
@@ -207,15 +207,8 @@ def test_garbage_instead_of_a_client_hello_fails_the_handshake(pki):
     theirs.close()
 
 
-def _files(issued):
-    import tempfile
-    cert = tempfile.NamedTemporaryFile("w", suffix=".pem", delete=False)
-    cert.write(issued.cert_pem)
-    cert.close()
-    key = tempfile.NamedTemporaryFile("w", suffix=".pem", delete=False)
-    key.write(issued.key_pem)
-    key.close()
-    return cert.name, key.name
-
-
-assert TLSTransport  # the transport under test is made by ServerContexts.wrap
+def _files(issued, where):
+    cert, key = where / f"{issued.cert.serial_number}.crt", where / f"{issued.cert.serial_number}.key"
+    cert.write_text(issued.cert_pem)
+    key.write_text(issued.key_pem)
+    return str(cert), str(key)
