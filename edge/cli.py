@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 
-from edge import cpus
+from edge import cpus, workerspec
 from edge.supervisor import compile as compiler
 from edge.supervisor.sources import files
 from edge.workerspec import DEFAULTS as WORKER, FAILURE_MODES
@@ -143,6 +143,10 @@ def serve_options(args: argparse.Namespace):
             parse_redis_url(opts.ratelimit_redis)
         except ValueError as exc:
             sys.exit(f"edge serve: --ratelimit-redis: {exc}")
+    try:
+        workerspec.tls_ticket_keys()
+    except ValueError as exc:
+        sys.exit(f"edge serve: {exc}")
     if not paths and not opts.kubernetes:
         sys.exit("edge serve: give configuration with -c PATH (or EDGE_CONFIG), or --kubernetes")
     return opts

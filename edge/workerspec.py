@@ -21,6 +21,12 @@ from typing import Callable, Mapping
 # The Redis URL goes to workers through the environment, never argv: it may carry a
 # password, and argv is public (ps, /proc/PID/cmdline).
 RATELIMIT_REDIS_ENV = "EDGE_RATELIMIT_REDIS"
+# The TLS session-ticket keys (80 bytes as 160 hex digits) every worker encrypts tickets
+# with, so a client resumes on any worker: also secret, also through the environment. The
+# supervisor makes one at start unless the operator set it (the same keys on several
+# gateways let clients resume across them, as nginx's ssl_session_ticket_key does).
+TLS_TICKET_KEYS_ENV = "EDGE_TLS_TICKET_KEYS"
+TLS_TICKET_KEYS_SIZE = 80
 FAILURE_MODES = ("open", "deny")
 
 
@@ -108,6 +114,17 @@ def parser() -> argparse.ArgumentParser:
 
 def ratelimit_redis(environ: Mapping[str, str] = os.environ) -> str | None:
     return environ.get(RATELIMIT_REDIS_ENV) or None
+
+
+def tls_ticket_keys(environ: Mapping[str, str] = os.environ) -> bytes | None:
+    """The ticket keys, or None when unset. Raises ValueError when they are malformed."""
+    text = environ.get(TLS_TICKET_KEYS_ENV)
+    if not text:
+        return None
+    keys = bytes.fromhex(text)
+    if len(keys) != TLS_TICKET_KEYS_SIZE:
+        raise ValueError(f"{TLS_TICKET_KEYS_ENV} must be {TLS_TICKET_KEYS_SIZE * 2} hex digits, got {len(text)}")
+    return keys
 
 
 # ---- control messages ----------------------------------------------------------------------

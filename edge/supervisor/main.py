@@ -23,7 +23,8 @@ import trio
 from edge.model import Diagnostic, RouteTable
 from edge.ratelimit.store import CounterStore
 from edge.shm import StatCells
-from edge.workerspec import DEFAULTS as WORKER_DEFAULTS, RATELIMIT_REDIS_ENV, WorkerOptions
+from edge.workerspec import DEFAULTS as WORKER_DEFAULTS
+from edge.workerspec import RATELIMIT_REDIS_ENV, TLS_TICKET_KEYS_ENV, TLS_TICKET_KEYS_SIZE, WorkerOptions
 from edge.supervisor import activation, handover
 from edge.supervisor import compile as compiler
 from edge.supervisor import endpoints
@@ -108,6 +109,9 @@ class Supervisor:
             os.environ[RATELIMIT_REDIS_ENV] = opts.ratelimit_redis
         else:
             os.environ.pop(RATELIMIT_REDIS_ENV, None)
+        # one set of session-ticket keys for every worker (unless the operator gave theirs)
+        if not os.environ.get(TLS_TICKET_KEYS_ENV):
+            os.environ[TLS_TICKET_KEYS_ENV] = secrets.token_hex(TLS_TICKET_KEYS_SIZE)
         inherited = activation.by_port(self.activated) | (self.taken.sockets if self.taken else {})
         kept = frozenset(a.port for a in self.activated) | (self.taken.kept if self.taken else set())
         self.arbiter = Arbiter(opts.workers, self.publisher.first_segment, self.stats, worker,

@@ -24,6 +24,7 @@ from edge.ratelimit.store import CounterStore
 from edge.worker.redislink import RedisLink, parse_redis_url
 from edge.shm import StatCells
 from edge.worker.conn import ClientConnection
+from edge.worker import tls
 from edge.worker.sniff import Sniff
 from edge.worker.state import WorkerState
 from edge.worker.tablewatch import TableWatch
@@ -230,6 +231,7 @@ def main(argv=None) -> None:
     args = WorkerOptions.from_argv(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=args.log_level, format=f"%(asctime)s worker[{args.slot}] %(levelname)s %(message)s")
     _die_with_parent()
+    tls.use_ticket_keys(workerspec.tls_ticket_keys())
     trio.run(Worker(args, workerspec.ratelimit_redis()).run)
 
 

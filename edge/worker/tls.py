@@ -25,6 +25,7 @@ reactor's edge-triggered reads and `send_or_keep` rely on:
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import socket
@@ -45,9 +46,44 @@ VERSIONS = {
 }
 
 
-class TLSSetupError(Exception):
-    """A ServerTLS entry could not become a context (the supervisor validated the PEM, so
-    this is an OpenSSL refusal such as an unknown cipher name)."""
+SSL_CTRL_SET_TLSEXT_TICKET_KEYS = 59  # openssl/ssl.h
+_ticket_keys: bytes | None = None
+
+
+def use_ticket_keys(keys: bytes | None) -> None:
+    """Encrypt session tickets with `keys` (80 bytes: name, HMAC and AES keys) in every
+    context made from now on, so that all workers of a gateway, which share them, resume
+    each other's sessions. Process-wide, like OpenSSL's own configuration: the worker
+    sets it once at start. None: OpenSSL's random per-context keys (resumption on the
+    same worker only)."""
+    global _ticket_keys
+    _ticket_keys = keys
+
+
+def _share_tickets(ctx: ssl.SSLContext, keys: bytes) -> bool:
+    """SSL_CTX_set_tlsext_ticket_keys, which the ssl module does not expose, through
+    ctypes on the context's SSL_CTX (the first field after the object header of CPython's
+    PySSLContext). The pointer is checked against the context's options before use."""
+    lib = _libssl()
+    ptr = ctypes.c_void_p.from_address(id(ctx) + object.__basicsize__).value
+    if not ptr or lib.SSL_CTX_get_options(ptr) != ctx.options:
+        return False
+    return lib.SSL_CTX_ctrl(ptr, SSL_CTRL_SET_TLSEXT_TICKET_KEYS, len(keys), keys) == 1
+
+
+_lib = None
+
+
+def _libssl():
+    global _lib
+    if _lib is None:
+        lib = ctypes.CDLL("libssl.so.3")  # the library the ssl module is linked with (OpenSSL 3)
+        lib.SSL_CTX_get_options.argtypes = [ctypes.c_void_p]
+        lib.SSL_CTX_get_options.restype = ctypes.c_uint64
+        lib.SSL_CTX_ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_char_p]
+        lib.SSL_CTX_ctrl.restype = ctypes.c_long
+        _lib = lib
+    return _lib
 
 
 def _context(entry: ServerTLS, certs: tuple[Certificate, ...]) -> ssl.SSLContext:
@@ -68,6 +104,9 @@ def _context(entry: ServerTLS, certs: tuple[Certificate, ...]) -> ssl.SSLContext
     offered = [p for p in (entry.alpn_protocols or SPOKEN) if p in SPOKEN] or list(SPOKEN)
     ctx.set_alpn_protocols(offered)
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE | ssl.OP_NO_RENEGOTIATION
+    if _ticket_keys is not None and not _share_tickets(ctx, _ticket_keys):
+        log.warning("TLS for %s: session tickets are not shared between workers (SSL_CTX not reachable); "
+                    "clients resume on the same worker only", entry.name)
     return ctx
 
 
@@ -109,7 +148,7 @@ class ServerContexts:
             if ctx is None:
                 try:
                     ctx = _context(entry, table.certificates)
-                except (ssl.SSLError, ValueError, OSError) as exc:
+                except (ssl.SSLError, ValueError, OSError) as exc:  # OpenSSL refused a setting
                     self.errors.append(f"{entry.name}: {exc}")
                     log.error("TLS for %s cannot be served: %s", entry.name, exc)
                     continue

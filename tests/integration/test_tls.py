@@ -150,3 +150,28 @@ def exchange(sock: ssl.SSLSocket) -> bytes:
     while len(body) < length:
         body += sock.recv(65536)
     return head
+
+
+def test_a_session_resumes_on_any_worker(tls_edge, pki):
+    """All workers encrypt tickets with the supervisor's keys: each reconnect (a new source
+    port, so SO_REUSEPORT picks either worker) resumes the first session."""
+    before = {w["slot"]: w["requests"] for w in tls_edge.config()["workers"]}
+    ctx = ssl.create_default_context(cafile=pki["ca_file"])
+    session, resumed = None, []
+    connections = 24
+    for _ in range(connections):
+        with ctx.wrap_socket(socket.create_connection(("127.0.0.1", tls_edge.port), timeout=10),
+                             server_hostname="a.test", session=session) as sock:
+            assert exchange(sock).startswith(b"HTTP/1.1 200")  # the tickets arrive after the handshake
+            if session is not None:
+                resumed.append(sock.session_reused)
+            session = sock.session
+    assert resumed == [True] * (connections - 1)
+    deadline = time.monotonic() + 10
+    while True:  # the stats cells are written on each worker's heartbeat
+        served = {w["slot"]: w["requests"] - before[w["slot"]] for w in tls_edge.config()["workers"]}
+        if sum(served.values()) >= connections or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert sum(served.values()) == connections
+    assert all(n > 0 for n in served.values()), f"one worker served every connection: {served}"
