@@ -1,5 +1,6 @@
 """The compiled parts of edge, on the per-request path: the HTTP/1 parser over llhttp
-(vendor/llhttp, MIT) and the writing of heads. Everything else is in setup.cfg."""
+(vendor/llhttp, MIT), the writing of heads, and the HTTP/2 codec over the system's nghttp2
+(Debian's libnghttp2-dev to build, libnghttp2-14 to run). Everything else is in setup.cfg."""
 
 from Cython.Build import cythonize
 from setuptools import Extension, setup
@@ -12,6 +13,8 @@ setup(ext_modules=cythonize(
                         f"{LLHTTP}/src/llhttp.c"],
                include_dirs=[f"{LLHTTP}/include"],
                extra_compile_args=["-O2"]),
-     Extension("edge.worker.heads", sources=["edge/worker/heads.pyx"], extra_compile_args=["-O2"])],
+     Extension("edge.worker.heads", sources=["edge/worker/heads.pyx"], extra_compile_args=["-O2"]),
+     Extension("edge.worker.proto.h2codec", sources=["edge/worker/proto/h2codec.pyx"], libraries=["nghttp2"],
+               extra_compile_args=["-O2"])],
     compiler_directives={"language_level": 3, "boundscheck": False, "wraparound": False},
 ))
