@@ -10,9 +10,14 @@
 # tests/test_dockerfile.py runs hadolint on this file and checks it against the manifests.
 
 # ---- build: the HTTP/1 parser is compiled (Cython over the vendored llhttp), and the full
-# image has gcc and the Python headers. edge and its dependencies go into a virtualenv that
-# the runtime stage copies whole: no compiler, pip run or wheel layer there.
+# image has gcc and the Python headers; the HTTP/2 codec links the system's nghttp2 (its
+# headers: libnghttp2-dev). edge and its dependencies go into a virtualenv that the runtime
+# stage copies whole: no compiler, pip run or wheel layer there.
 FROM python:3.11.13-bookworm AS build
+# (nghttp2 1.52 as bookworm has it, with whatever Debian security revision is current)
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends 'libnghttp2-dev=1.52.0-1+deb12u*' \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY setup.cfg setup.py pyproject.toml MANIFEST.in README.md ./
 COPY vendor ./vendor

@@ -1,7 +1,8 @@
 # make run  : install into .venv, start a local upstream and `edge serve` on config/quickstart
 # make test : install into .venv (with test extras), redis-server and systemd-analyze when missing, run the whole suite
-#             (the install compiles edge/worker/proto/h1parser.pyx and edge/worker/heads.pyx:
-#             gcc and the Python headers are installed when missing)
+#             (the install compiles edge/worker/proto/h1parser.pyx, edge/worker/heads.pyx and
+#             edge/worker/proto/h2codec.pyx: gcc, the Python headers and libnghttp2-dev are
+#             installed when missing)
 # make bench: wrk side by side with nginx and haproxy, every scenario (installs wrk, nginx,
 #             haproxy and matplotlib when missing); BENCH_ARGS passes options to python -m bench
 # make dist : edge's wheel (compiled: for this Python minor and platform) and sdist into $(DIST), offline
@@ -21,10 +22,12 @@ $(BIN)/python:
 	$(BIN)/pip install -q --upgrade pip
 
 $(STAMP): $(BIN)/python setup.cfg setup.py pyproject.toml edge/worker/proto/h1parser.pyx edge/worker/proto/llhttp.pxd \
-	edge/worker/heads.pyx
+	edge/worker/heads.pyx edge/worker/proto/h2codec.pyx edge/worker/proto/nghttp2.pxd
 	@command -v gcc >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc >/dev/null)
 	@$(BIN)/python -c "import os, sysconfig; raise SystemExit(not os.path.exists(os.path.join(sysconfig.get_paths()['include'], 'Python.h')))" \
 		|| (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-dev >/dev/null)
+	@test -f /usr/include/nghttp2/nghttp2.h \
+		|| (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libnghttp2-dev >/dev/null)
 	$(BIN)/pip install -q -e '.[test]'
 	touch $(STAMP)
 
