@@ -7,6 +7,7 @@ the client response head, route match at 10 and 10,000 Mappings, the whole reque
 decision (plan: target split, match, rewrite) at 10 Mappings, and the decode of a
 10,000-Mapping table as a worker does on every reload, and one whole request through
 the connection handler in-process (client and upstream on local sockets, no scheduler):
+plus one HTTP/2 stream through the codec over nghttp2 (HEADERS in, HEADERS + DATA out),
 plus one local rate-limit check (descriptors, limit match, shared-memory counters);
 its CPU time, the CPU time of the same socket calls alone, and how many Python and C
 function calls it makes. Results also go to bench/results/micro.json.
@@ -166,9 +167,47 @@ def run() -> dict[str, float]:
     payload = codec.encode(big_table)
     results["table_decode_10000_us"] = per_call_us(lambda: codec.decode(payload), 3)
     results["router_build_10000_us"] = per_call_us(lambda: Router(big_table), 3)
+    results["h2_stream"] = h2_stream()
     results.update(ratelimit_check())
     results.update(request_cycle())
     return {k: round(v, 3) for k, v in results.items()}
+
+
+def h2_stream(n: int = 20000) -> float:
+    """One HTTP/2 stream through the codec (µs per stream): feed the client's HEADERS frame
+    (END_STREAM; HPACK-indexed after the first, as on a live connection), respond with
+    headers and the 23-byte body, take data_to_send."""
+    from hpack import Encoder
+    from hyperframe.frame import HeadersFrame, SettingsFrame, WindowUpdateFrame
+
+    from edge.worker.proto.h2codec import H2Codec
+
+    request = [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"127.0.0.1:8080"),
+               (b":path", b"/bench/"), (b"user-agent", b"h2load")]
+    response = [(b":status", b"200"), (b"server", b"edge"), (b"content-type", b"application/octet-stream"),
+                (b"content-length", b"23")]
+    body = NGINX_RESPONSE[-23:]
+    best = []
+    for _ in range(5):
+        codec, encoder = H2Codec(), Encoder()
+        # the client's preface opens the connection window wide (as h2load and browsers do)
+        codec.feed(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + SettingsFrame(0).serialize()
+                   + WindowUpdateFrame(0, window_increment=2**31 - 1 - 65535).serialize()
+                   + SettingsFrame(0, flags=["ACK"]).serialize())
+        codec.data_to_send()
+        frames = [HeadersFrame(sid, encoder.encode(request), flags=["END_HEADERS", "END_STREAM"]).serialize()
+                  for sid in range(1, 2 * n, 2)]
+        events = codec.events
+        start = time.perf_counter()
+        for frame in frames:
+            codec.feed(frame)
+            sid = events.popleft().stream_id
+            codec.respond(sid, response, False)
+            codec.send_data(sid, body, True)
+            codec.data_to_send()
+            events.clear()
+        best.append((time.perf_counter() - start) / n * 1e6)
+    return min(best)
 
 
 def ratelimit_check(workers: int = 4) -> dict[str, float]:
