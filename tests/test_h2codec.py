@@ -605,3 +605,27 @@ def test_driver_mistakes_raise():
     to_server(c, codec)
     with pytest.raises(TypeError):
         codec.respond(3, [(":status", "200")], True)  # str, not bytes
+
+
+def test_a_stream_id_below_one_already_opened_and_never_used_is_a_connection_error():
+    """RFC 9113 §5.1.1 (h2spec http2/5.1.1/2): HEADERS on 5, then on 3."""
+    c, codec = connected()
+    codec.feed(HeadersFrame(5, c.encoder.encode(GET), flags=["END_HEADERS", "END_STREAM"]).serialize())
+    assert kinds(drain(codec)) == ["RequestHeaders"]
+    with pytest.raises(H2Error) as err:
+        codec.feed(HeadersFrame(3, c.encoder.encode(GET), flags=["END_HEADERS", "END_STREAM"]).serialize())
+    assert err.value.code == h2.errors.ErrorCodes.PROTOCOL_ERROR
+    assert [f for f in frames(codec.data_to_send()) if isinstance(f, GoAwayFrame)][0].error_code == 1
+
+
+def test_headers_on_a_used_stream_after_its_reset_stay_a_stream_matter():
+    """Trailers the client sent before it saw our RST_STREAM are not a connection error."""
+    c, codec = connected()
+    codec.feed(HeadersFrame(1, c.encoder.encode(POST), flags=["END_HEADERS"]).serialize())
+    codec.feed(HeadersFrame(3, c.encoder.encode(GET), flags=["END_HEADERS", "END_STREAM"]).serialize())
+    drain(codec)
+    codec.reset(1, 8)
+    codec.data_to_send()
+    codec.feed(HeadersFrame(1, c.encoder.encode([(b"x-trailer", b"late")]), flags=["END_HEADERS", "END_STREAM"])
+               .serialize())
+    assert codec.want_read  # the connection goes on

@@ -59,6 +59,7 @@ from edge.worker.proto cimport nghttp2 as ng
 
 DEF STACK_NV = 32
 cdef Py_ssize_t HEADER_OVERHEAD = 32  # RFC 7541 §4.1
+cdef Py_ssize_t MAX_GAPS = 64  # ranges of never-used client stream ids remembered per connection
 cdef double ALL_RESET_BURST = 1000.0
 cdef double ALL_RESET_RATE = 33.0
 cdef bytes STATUS = b":status"
@@ -249,6 +250,8 @@ cdef class H2Codec:
     cdef double _all_tokens, _all_at
     cdef Py_ssize_t _n_streams, _n_rst_received, _n_rst_premature, _n_rst_sent, _n_header_overflow
     cdef Py_ssize_t _n_invalid, _n_goaway_received, _n_flood, _n_rapid_reset, _n_refused_data
+    cdef int32_t _max_sid  # the highest stream id a client HEADERS frame opened
+    cdef list _gaps  # [(low, high)]: odd ids skipped below it, which never opened (bounded)
 
     def __init__(self, *, int max_concurrent_streams=100, int initial_window_size=65535,
                  int max_header_list_size=65536, Py_ssize_t max_outbound_ack=1000, Py_ssize_t max_settings=32):
@@ -263,6 +266,8 @@ cdef class H2Codec:
         self.events = deque()
         self._push = self.events.append
         self._streams = {}
+        self._max_sid = 0
+        self._gaps = []
         self._max_header_list = max_header_list_size
         self._out_limit = max(65536, 32 * max_outbound_ack)
         self._pre_burst = self._pre_tokens = 2.0 * max_concurrent_streams
@@ -604,6 +609,29 @@ cdef class H2Codec:
 
     # ---- the callbacks' work ----------------------------------------------------------
 
+    cdef int _begin_frame(self, const ng.nghttp2_frame_hd *hd) except -1:
+        """RFC 9113 §5.1.1: a client stream id lower than one already opened is a connection
+        error when it was never used (opening a higher id closed it). nghttp2 ignores such
+        HEADERS, not knowing which ids were used; ids are opened in order, so the unused
+        ones are the gaps a client left, kept as ranges (bounded: the oldest are forgotten,
+        which errs towards nghttp2's leniency). A used id (trailers after a reset) stays
+        nghttp2's to handle."""
+        cdef int32_t sid = hd.stream_id
+        if hd.type != ng.NGHTTP2_HEADERS or not sid & 1:
+            return 0
+        if sid > self._max_sid:
+            if sid > self._max_sid + 2:
+                self._gaps.append((self._max_sid + 2, sid - 2))
+                if len(self._gaps) > MAX_GAPS:
+                    del self._gaps[0]
+            self._max_sid = sid
+            return 0
+        for low, high in self._gaps:
+            if low <= sid <= high:
+                return self._connection_error(ng.NGHTTP2_PROTOCOL_ERROR,
+                                              f"stream {sid} opened after stream {self._max_sid}")
+        return 0
+
     cdef int _begin_headers(self, const ng.nghttp2_frame *frame) except -1:
         cdef _Stream st
         cdef int32_t sid = frame.hd.stream_id
@@ -861,6 +889,15 @@ cdef int _on_begin_headers(ng.nghttp2_session *s, const ng.nghttp2_frame *frame,
         return ng.NGHTTP2_ERR_CALLBACK_FAILURE
 
 
+cdef int _on_begin_frame(ng.nghttp2_session *s, const ng.nghttp2_frame_hd *hd, void *user_data) noexcept:
+    cdef H2Codec self = <H2Codec>user_data
+    try:
+        return self._begin_frame(hd)
+    except BaseException as exc:
+        self._error = exc
+        return ng.NGHTTP2_ERR_CALLBACK_FAILURE
+
+
 cdef int _on_header(ng.nghttp2_session *s, const ng.nghttp2_frame *frame, ng.nghttp2_rcbuf *name,
                     ng.nghttp2_rcbuf *value, uint8_t flags, void *user_data) noexcept:
     cdef H2Codec self = <H2Codec>user_data
@@ -944,6 +981,7 @@ cdef int _make_callbacks() except -1:
     if ng.nghttp2_session_callbacks_new(&_CALLBACKS) != 0:
         raise MemoryError()
     ng.nghttp2_session_callbacks_set_on_begin_headers_callback(_CALLBACKS, _on_begin_headers)
+    ng.nghttp2_session_callbacks_set_on_begin_frame_callback(_CALLBACKS, _on_begin_frame)
     ng.nghttp2_session_callbacks_set_on_header_callback2(_CALLBACKS, _on_header)
     ng.nghttp2_session_callbacks_set_on_frame_recv_callback(_CALLBACKS, _on_frame_recv)
     ng.nghttp2_session_callbacks_set_on_invalid_frame_recv_callback(_CALLBACKS, _on_invalid_frame_recv)

@@ -140,6 +140,8 @@ cdef extern from "nghttp2/nghttp2.h":
                                                      uint32_t error_code, void *user_data) noexcept
     ctypedef int (*nghttp2_on_begin_headers_callback)(nghttp2_session *session, const nghttp2_frame *frame,
                                                       void *user_data) noexcept
+    ctypedef int (*nghttp2_on_begin_frame_callback)(nghttp2_session *session, const nghttp2_frame_hd *hd,
+                                                    void *user_data) noexcept
     ctypedef int (*nghttp2_on_header_callback2)(nghttp2_session *session, const nghttp2_frame *frame,
                                                 nghttp2_rcbuf *name, nghttp2_rcbuf *value, uint8_t flags,
                                                 void *user_data) noexcept
@@ -162,6 +164,8 @@ cdef extern from "nghttp2/nghttp2.h":
                                                                  nghttp2_on_begin_headers_callback cb)
     void nghttp2_session_callbacks_set_on_header_callback2(nghttp2_session_callbacks *cbs,
                                                            nghttp2_on_header_callback2 cb)
+    void nghttp2_session_callbacks_set_on_begin_frame_callback(nghttp2_session_callbacks *cbs,
+                                                               nghttp2_on_begin_frame_callback cb)
 
     int nghttp2_option_new(nghttp2_option **option_ptr)
     void nghttp2_option_del(nghttp2_option *option)
