@@ -28,7 +28,11 @@ RUN python -m venv /opt/edge \
 # ---- runtime: slim, the same Python and Debian release as the build stage (the virtualenv's
 # python is /usr/local/bin/python3.11 in both; the extensions are linked against this glibc)
 FROM python:3.11.13-slim-bookworm
-RUN groupadd --system --gid 8888 edge \
+# libnghttp2-14: the HTTP/2 codec's shared library (the slim image has none); no compiler
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends 'libnghttp2-14=1.52.0-1+deb12u*' \
+    && rm -rf /var/lib/apt/lists/* \
+    && groupadd --system --gid 8888 edge \
     && useradd --system --uid 8888 --gid 8888 --no-create-home --home-dir /nonexistent \
        --shell /usr/sbin/nologin edge
 COPY --from=build /opt/edge /opt/edge

@@ -1,5 +1,5 @@
 # make run  : install into .venv, start a local upstream and `edge serve` on config/quickstart
-# make test : install into .venv (with test extras), redis-server and systemd-analyze when missing, run the whole suite
+# make test : install into .venv (with test extras), redis-server, systemd-analyze, h2load (nghttp2-client), openssl and curl when missing, run the whole suite
 #             (the install compiles edge/worker/proto/h1parser.pyx, edge/worker/heads.pyx and
 #             edge/worker/proto/h2codec.pyx: gcc, the Python headers and libnghttp2-dev are
 #             installed when missing)
@@ -41,6 +41,9 @@ run: $(STAMP)
 test: $(STAMP) $(VENV)/wheelhouse/.downloaded
 	@command -v redis-server >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null)
 	@command -v systemd-analyze >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null)
+	@command -v h2load >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nghttp2-client >/dev/null)
+	@command -v openssl >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null)
+	@command -v curl >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl >/dev/null)
 	$(BIN)/python -m pytest -q
 
 $(BENCH_STAMP): $(STAMP)

@@ -201,6 +201,7 @@ class ListenerSpec:
     l7_depth: int
     stats_prefix: str
     hosts: tuple[int, ...]  # indexes into RouteTable.virtual_hosts bound to this port
+    http2_max_concurrent_streams: int = 100  # Listener.http2MaxConcurrentStreams
 
 
 @dataclass(frozen=True)
@@ -213,6 +214,11 @@ class Settings:
     strip_matching_host_port: bool = False
     xff_num_trusted_hops: int = 0
     suppress_envoy_headers: bool = False
+    # x-forwarded-client-cert, as Envoy's forward_client_cert_details: SANITIZE (drop the
+    # client's), FORWARD_ONLY, APPEND_FORWARD, SANITIZE_SET, ALWAYS_FORWARD_ONLY
+    forward_client_cert_details: str = "SANITIZE"
+    # what APPEND_FORWARD / SANITIZE_SET add besides Hash: any of cert, chain, dns, subject, uri
+    set_current_client_cert_details: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -131,8 +131,8 @@ def test_a_verifying_client_accepts_the_chain_and_gets_http1_by_alpn(pki):
     ctx.set_alpn_protocols(["h2", "http/1.1"])
     got, seen, transport = serve_once(contexts, ctx, "a.example.com")
     assert seen["reply"] == b"pong" and "error" not in seen
-    assert seen["alpn"] == "http/1.1"  # h2 is not offered until the worker speaks it
-    assert transport.handshake.alpn == "http/1.1" and transport.handshake.peer_cert is None
+    assert seen["alpn"] == "h2"  # the worker speaks both and prefers h2
+    assert transport.handshake.alpn == "h2" and transport.handshake.peer_cert is None
 
 
 def test_a_large_reply_through_a_small_socket_buffer_arrives_whole(pki):

@@ -45,11 +45,14 @@ def make_ca(common: str = "edge test CA") -> Issued:
 
 
 def make_leaf(ca: Issued, *names: str, client: bool = False) -> Issued:
-    """A leaf for DNS names (or IP literals) signed by `ca`; `client`: a client certificate."""
+    """A leaf for DNS names (IP literals, URIs) signed by `ca`; `client`: a client certificate."""
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.timezone.utc)
     alt = []
     for n in names:
+        if "://" in n:
+            alt.append(x509.UniformResourceIdentifier(n))
+            continue
         try:
             alt.append(x509.IPAddress(ipaddress.ip_address(n)))
         except ValueError:

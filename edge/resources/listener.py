@@ -25,6 +25,8 @@ class ListenerSpec:
     namespace_selector: dict[str, str] | None
     host_selector: dict[str, str] | None
     stats_prefix: str
+    # Envoy (and so Emissary) allows 2^31-1 when unset; edge bounds it, as nginx does (128)
+    http2_max_concurrent_streams: int = 100
 
 
 def parse_listener(obj: RawObject) -> ListenerSpec:
@@ -72,4 +74,5 @@ def parse_listener(obj: RawObject) -> ListenerSpec:
         namespace_selector=ns_selector,
         host_selector=host_selector,
         stats_prefix=opt_str(spec, "statsPrefix", "") or "",
+        http2_max_concurrent_streams=opt_int(spec, "http2MaxConcurrentStreams", 100, minimum=1, maximum=2**31 - 1),
     )

@@ -84,8 +84,8 @@ CONFIG_FIELDS: dict[str, FieldRule] = {
     "use_proxy_proto": _warn("PROXY protocol is a Listener setting; ignored"),
     "use_remote_address": _warn(_NOT_YET),
     "header_case_order": _warn(_NOT_YET), "proper_case": _warn(_NOT_YET),
-    "preserve_external_request_id": _warn(_NOT_YET), "forward_client_cert_details": _warn(_NOT_YET),
-    "set_current_client_cert_details": _warn(_NOT_YET), "allow_chunked_length": _warn(_NOT_YET),
+    "preserve_external_request_id": _warn(_NOT_YET), "forward_client_cert_details": _OK,
+    "set_current_client_cert_details": _OK, "allow_chunked_length": _warn(_NOT_YET),
     "headers_with_underscores_action": _warn(_NOT_YET), "istio": _warn(_NOT_YET),
 }
 
@@ -116,6 +116,26 @@ class ModuleSpec:
     diagnostics_non_local: bool = False
 
 
+XFCC_MODES = ("SANITIZE", "FORWARD_ONLY", "APPEND_FORWARD", "SANITIZE_SET", "ALWAYS_FORWARD_ONLY")
+XFCC_DETAILS = ("subject", "cert", "chain", "dns", "uri")
+
+
+def _forward_client_cert(config: dict, p: str) -> str:
+    mode = (opt_str(config, "forward_client_cert_details", "SANITIZE", p) or "SANITIZE").upper()
+    if mode not in XFCC_MODES:
+        raise Invalid(f"{p}.forward_client_cert_details", f"must be one of {', '.join(XFCC_MODES)}, got {mode!r}")
+    return mode
+
+
+def _client_cert_details(config: dict, p: str) -> tuple[str, ...]:
+    details = opt_dict(config, "set_current_client_cert_details", p)
+    where = f"{p}.set_current_client_cert_details"
+    for key in details:
+        if key not in XFCC_DETAILS:
+            raise Invalid(f"{where}.{key}", f"unknown detail; known: {', '.join(XFCC_DETAILS)}")
+    return tuple(k for k in XFCC_DETAILS if opt_bool(details, k, False, where))
+
+
 def parse_module(obj: RawObject) -> ModuleSpec:
     if obj.name != "ambassador":
         raise Invalid("metadata.name", f"only the Module named 'ambassador' is supported, not {obj.name!r}")
@@ -134,6 +154,8 @@ def parse_module(obj: RawObject) -> ModuleSpec:
         strip_matching_host_port=opt_bool(config, "strip_matching_host_port", False, p),
         xff_num_trusted_hops=opt_int(config, "xff_num_trusted_hops", 0, p, minimum=0),
         suppress_envoy_headers=opt_bool(config, "suppress_envoy_headers", False, p),
+        forward_client_cert_details=_forward_client_cert(config, p),
+        set_current_client_cert_details=_client_cert_details(config, p),
     )
     return ModuleSpec(settings, mapping_defaults,
                       opt_int(config, "cluster_request_timeout_ms", None, p, minimum=0),

@@ -920,5 +920,5 @@ def bind_listeners(listeners: list[tuple[RawObject | None, ListenerInput]],
             bound.append(i)
         name = f"{obj.namespace}/{obj.name}" if obj is not None else f"default-{spec.protocol.lower()}"
         out.append(ListenerSpec(name, spec.port, "0.0.0.0", spec.protocol, spec.security_model,
-                                spec.l7_depth, spec.stats_prefix, tuple(bound)))
+                                spec.l7_depth, spec.stats_prefix, tuple(bound), spec.http2_max_concurrent_streams))
     return tuple(out)

@@ -28,6 +28,7 @@ from edge.worker.proto.h1 import (
     Body,
     ClientError,
     End,
+    PriorKnowledge,
     Request,
     Response,
     RequestParser,
@@ -36,15 +37,18 @@ from edge.worker.proto.h1 import (
     simple_response,
 )
 from edge.worker.exchange import HEAD, IDLE, Exchange
+from edge.worker.h2conn import H2Connection
 from edge.worker.heads import request_head, response_head
 from edge.worker.plan import LocalReply, Plan, plan
 from edge.worker.reactor import HUP_EVENTS, READ_EVENTS, WRITE_EVENTS, flush_kept, send_or_keep
 from edge.worker.state import READ_SIZE, WorkerState
+from edge.worker.tls import client_cert_of
 from edge.worker.upstream import UpstreamConn
 
 log = logging.getLogger("edge.worker")
 
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 CHUNKED = b"transfer-encoding: chunked\r\n"
 
 
@@ -175,6 +179,9 @@ class ClientConnection(Exchange):
                     self.readable = False  # edge-triggered: new bytes bring a new event
                 try:
                     self.parser.feed(state.read_buf, n)
+                except PriorKnowledge as exc:
+                    self._to_http2(exc, n)
+                    break
                 except ClientError as exc:
                     self._client_error(exc)
                     break
@@ -220,6 +227,24 @@ class ClientConnection(Exchange):
                 except OSError as exc:
                     self._upstream_failed(502, f"upstream reset: {exc.strerror or exc}", retryable=False)
 
+    def client_cert(self) -> tuple:
+        """(xfcc.ClientCert or None, our certificate's URI SAN): a cleartext connection has none."""
+        return None, ""
+
+    def _to_http2(self, exc: PriorKnowledge, n: int) -> None:
+        """The client speaks HTTP/2 (h2c with prior knowledge, or h2 chosen by ALPN): an
+        H2Connection takes the socket, and the bytes read so far, from here."""
+        state = self.state
+        data = bytes(memoryview(state.read_buf)[:n])
+        if self.req is not None or self.out or not data.startswith(PREFACE):
+            self._client_error(exc)  # not at the start of the stream we read
+            return
+        self.closed = True  # handed over: the socket stays open
+        self.reactor.unregister(self.fd)
+        self.reactor.forget(self)
+        state.connections.discard(self)
+        H2Connection(state, self.sock, self.peer, self.port, self.scheme, data)
+
     def _client_error(self, exc: ClientError) -> None:
         self.state.client_errors += 1
         self._drop_upstream()
@@ -235,7 +260,7 @@ class ClientConnection(Exchange):
         state.requests += 1
         self.router = router = state.router  # the request's table, kept until its response ends
         self.req = req
-        decided = plan(router, self.port, self.peer, req, self.plan, scheme=self.scheme)
+        decided = plan(router, self.port, self.peer, req, self.plan, scheme=self.scheme, client_cert=self.client_cert)
         if type(decided) is LocalReply:
             if decided.close and decided.status < 500:
                 state.client_errors += 1  # a malformed request
@@ -244,7 +269,7 @@ class ClientConnection(Exchange):
             return
         self.plan = decided
         self.head = request_head(
-            req.method, decided.path, decided.query, req.headers, connection=req.connection, client_ip=self.peer,
+            req.method, decided.path, decided.query, decided.headers, connection=req.connection, client_ip=self.peer,
             xfp=self.scheme, trust_xff=decided.trust_xff, original_path=decided.original_path,
             rules=decided.target.headers, suppress_envoy=router.settings.suppress_envoy_headers,
             chunked=req.chunked, content_length=req.content_length)
@@ -386,7 +411,17 @@ class TLSConnection(ClientConnection):
     """An HTTP/1 connection over TLS (`sock` is an edge.worker.tls.TLSTransport)."""
 
     scheme = b"https"
-    __slots__ = ()
+    __slots__ = ("cert",)
+
+    def __init__(self, state: WorkerState, sock, peer: str, port: int):
+        self.cert = None
+        super().__init__(state, sock, peer, port)
+
+    def client_cert(self) -> tuple:
+        """The client's certificate as XFCC tells it, read once per connection."""
+        if self.cert is None:
+            self.cert = client_cert_of(self.sock, self.state.router)
+        return self.cert
 
     def on_event(self, mask: int) -> None:
         # the handshake's flight is the one write with nothing of ours kept behind it

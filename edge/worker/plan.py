@@ -38,6 +38,7 @@ class Plan(NamedTuple):
     query: str
     original_path: str | None  # path?query as the client sent it, when the rewrite changed it
     trust_xff: bool  # keep the client's X-Forwarded-For / -Proto (l7Depth, xff_num_trusted_hops)
+    headers: list  # the request's headers as the upstream gets them (x-forwarded-client-cert applied)
     limits: list  # [(RateLimitRule, counter key)] the request's descriptors match
     router: Router  # the table it was planned with (limits of a keep-alive connection are reused per table)
 
@@ -59,9 +60,11 @@ UPGRADE_UNSUPPORTED = LocalReply(501, b"protocol upgrades are not supported yet"
 
 
 def plan(router: Router, port: int, peer: str, req: Request, prior: Plan | None = None,
-         rand=random.random, scheme: bytes = b"http") -> Plan | LocalReply:
+         rand=random.random, scheme: bytes = b"http", client_cert=None) -> Plan | LocalReply:
     """Decide `req`, which arrived on Listener `port` from client address `peer` over a
-    connection of `scheme` (b"https" when TLS was terminated).
+    connection of `scheme` (b"https" when TLS was terminated). `client_cert`: a callable
+    giving the connection's (xfcc.ClientCert or None, our certificate's URI SAN), asked
+    only when the Module forwards client certificate details.
 
     `prior` is the Plan of the previous request on the same connection: when it had the
     same target in the same table and its limits depend on the connection alone, they are
@@ -108,8 +111,12 @@ def plan(router: Router, port: int, peer: str, req: Request, prior: Plan | None 
             limits = prior.limits
         else:
             limits = matched_limits(router, target, listener, req.headers, peer)
+    headers = req.headers
+    if router.xfcc is not None:
+        cert, by = client_cert() if client_cert is not None else (None, "")
+        headers = router.xfcc.headers(headers, cert, by)
     return Plan(route, target, router.clusters[t.cluster], listener, new_path, query, original,
-                trust_xff, limits, router)
+                trust_xff, headers, limits, router)
 
 
 ACME_CHALLENGE = "/.well-known/acme-challenge/"

@@ -105,15 +105,25 @@ class HeaderRules:
     host_rewrite: bytes | None
     response_drop: frozenset
     response_add: bytes
+    response_add_pairs: tuple  # the same lines as (name, value) pairs, for HTTP/2 heads
     # x-envoy-upstream-service-time goes to the client: not with suppress_envoy_headers,
     # nor when the target's remove_response_headers names it
     service_time: bool = True
 
 
-def header_rules(t: Target, suppress_envoy: bool = False) -> HeaderRules:
-    """`suppress_envoy`: the Module's suppress_envoy_headers. Envoy's
+XFCC = b"x-forwarded-client-cert"
+
+
+def header_rules(t: Target, suppress_envoy: bool = False, sanitize_xfcc: bool = True) -> HeaderRules:
+    """`suppress_envoy`: the Module's suppress_envoy_headers; `sanitize_xfcc`: its
+    forward_client_cert_details is SANITIZE (the default: a client's
+    x-forwarded-client-cert never reaches the upstream; the other modes are applied per
+    connection by edge.worker.xfcc). Envoy's
     x-envoy-expected-rq-timeout-ms (the route timeout, absent when it is disabled) is
     rendered here, once, into the request lines."""
+    def pairs(ops) -> tuple:
+        return tuple((op.name.lower().encode(), op.value.encode()) for op in ops)
+
     def rendered(ops) -> bytes:
         return b"".join(b"%b: %b\r\n" % (op.name.encode(), op.value.encode()) for op in ops)
 
@@ -122,7 +132,8 @@ def header_rules(t: Target, suppress_envoy: bool = False) -> HeaderRules:
 
     return HeaderRules(
         request_drop=HOP_BY_HOP | {n.encode() for n in t.remove_request_headers}
-        | replaced(t.add_request_headers) | {b"content-length", b"expect", b"x-envoy-expected-rq-timeout-ms"},
+        | replaced(t.add_request_headers) | {b"content-length", b"expect", b"x-envoy-expected-rq-timeout-ms"}
+        | ({XFCC} if sanitize_xfcc else set()),
         request_add=rendered(t.add_request_headers) + (
             b"x-envoy-expected-rq-timeout-ms: %d\r\n" % t.timeout_ms
             if t.timeout_ms and not suppress_envoy
@@ -131,5 +142,6 @@ def header_rules(t: Target, suppress_envoy: bool = False) -> HeaderRules:
         response_drop=HOP_BY_HOP | {n.encode() for n in t.remove_response_headers}
         | replaced(t.add_response_headers) | {b"content-length", b"server"},
         response_add=rendered(t.add_response_headers),
+        response_add_pairs=pairs(t.add_response_headers),
         service_time=not suppress_envoy and "x-envoy-upstream-service-time" not in t.remove_response_headers,
     )

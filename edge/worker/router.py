@@ -15,6 +15,7 @@ from edge.model import Cluster, ListenerSpec, Route, RouteTable, Target
 from edge.ratelimit.descriptors import RuleIndex
 from edge.worker.proxy import HeaderRules, header_rules
 from edge.worker.tls import ServerContexts
+from edge.worker.xfcc import XfccPolicy
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,7 +32,7 @@ class CompiledRoute:
     __slots__ = ("route", "order", "kind", "path", "regex", "method", "host", "host_kind", "host_re",
                  "headers", "query", "targets", "case_sensitive")
 
-    def __init__(self, route: Route, order: int = 0, suppress_envoy: bool = False):
+    def __init__(self, route: Route, order: int = 0, suppress_envoy: bool = False, sanitize_xfcc: bool = True):
         self.route = route
         self.order = order  # position in the table: the precedence order
         self.kind = route.path_kind
@@ -54,7 +55,7 @@ class CompiledRoute:
                              for m in route.headers)
         self.query = tuple((m.name, m.value, re.compile(m.value) if m.regex else None) for m in route.query)
         self.targets = tuple(CompiledTarget(t, re.compile(t.regex_rewrite_pattern) if t.regex_rewrite_pattern else None,
-                                            header_rules(t, suppress_envoy), all(a.kind != "request_headers" for g in t.labels
+                                            header_rules(t, suppress_envoy, sanitize_xfcc), all(a.kind != "request_headers" for g in t.labels
                                                                  for a in g.actions))
                              for t in route.targets)
 
@@ -235,7 +236,12 @@ class Router:
         # None without limits: the hot path tests it without a call
         self.rate_limits = RuleIndex(table.rate_limits) if table.rate_limits else None
         suppress = table.settings.suppress_envoy_headers
-        compiled = [CompiledRoute(r, order, suppress) for order, r in enumerate(table.routes)]
+        # x-forwarded-client-cert: dropped by the header rules (SANITIZE, the default), else
+        # rewritten per request by edge.worker.xfcc (`xfcc` says how)
+        sanitize = table.settings.forward_client_cert_details == "SANITIZE"
+        self.xfcc = None if sanitize else XfccPolicy(table.settings.forward_client_cert_details,
+                                                     table.settings.set_current_client_cert_details)
+        compiled = [CompiledRoute(r, order, suppress, sanitize) for order, r in enumerate(table.routes)]
         self.listeners: dict[int, ListenerSpec] = {}
         self._vhosts: dict[int, _VhostIndex] = {}
         for listener in table.listeners:

@@ -34,6 +34,9 @@ class WorkerState:
         # (decide(matched, callback) answers when Redis has)
         self.limits = None
         self.ratelimited = 0  # requests answered 429 by a limit
+        self.tls_handshake_errors = 0  # TLS handshakes that failed or timed out
+        self.h2_connections = 0  # HTTP/2 connections opened
+        self.h2_connection_errors = 0  # HTTP/2 connections closed for the peer's fault (floods, bad frames)
 
     @property
     def active(self) -> int:

@@ -33,12 +33,13 @@ import ssl
 from typing import NamedTuple
 
 from edge.model import Certificate, RouteTable, ServerTLS
+from edge.worker import xfcc
 
 log = logging.getLogger("edge.worker")
 
 RAW_READ = 65536
 WRITE_CHUNK = 65536  # plaintext per send: bounds the ciphertext kept when the socket is full
-SPOKEN = ("http/1.1",)  # ALPN protocols this worker serves, in its order of preference
+SPOKEN = ("h2", "http/1.1")  # ALPN protocols this worker serves, in its order of preference
 
 VERSIONS = {
     "v1.0": ssl.TLSVersion.TLSv1, "v1.1": ssl.TLSVersion.TLSv1_1,
@@ -140,6 +141,7 @@ class ServerContexts:
         self.exact: dict[str, ssl.SSLContext] = {}
         self.wildcards: list[tuple[str, ssl.SSLContext]] = []  # (".suffix", ctx), longest first
         self.errors: list[str] = []
+        self.by_uri: dict[ssl.SSLContext, str] = {}  # x-forwarded-client-cert's By, where the certificate has a URI SAN
         fallback = star = None
         for entry in table.server_tls:
             key = (entry, table.certificates[entry.certificate],
@@ -153,6 +155,9 @@ class ServerContexts:
                     log.error("TLS for %s cannot be served: %s", entry.name, exc)
                     continue
             self.by_entry[key] = ctx
+            by = xfcc.uri_san(key[1].chain_pem)
+            if by:
+                self.by_uri[ctx] = by
             fallback = fallback or ctx
             for name in entry.server_names:
                 if name == "*":
@@ -197,6 +202,17 @@ class Handshake(NamedTuple):
     alpn: str | None
     version: str
     peer_cert: bytes | None  # DER, when the client presented one
+    context: ssl.SSLContext  # the one SNI chose
+
+
+def client_cert_of(transport: TLSTransport, router) -> tuple:
+    """(xfcc.ClientCert or None, the URI SAN of the certificate we presented) of a
+    finished handshake, for x-forwarded-client-cert."""
+    shake = transport.handshake
+    if shake is None or shake.peer_cert is None:
+        return None, ""
+    contexts = router.tls
+    return xfcc.client_cert(shake.peer_cert), contexts.by_uri.get(shake.context, "") if contexts else ""
 
 
 class TLSTransport:
@@ -272,6 +288,22 @@ class TLSTransport:
         self.incoming.write(data)
         return True
 
+    def handshake_step(self) -> bool:
+        """Go on with the handshake as far as the socket allows; True once it is done.
+        Raises ssl.SSLError when it fails (the alert is sent first) and EOFError when the
+        client went away."""
+        try:
+            done = self._handshake()
+        except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+            self.eof = True
+            done = False
+        except ssl.SSLError:
+            self._flush_quietly()
+            raise
+        if not done and self.eof:
+            raise EOFError("the client closed the connection during the TLS handshake")
+        return done
+
     def _handshake(self) -> bool:
         obj = self.obj
         while True:
@@ -286,7 +318,7 @@ class TLSTransport:
         if self.outgoing.pending:
             self._write_out()
         cert = obj.getpeercert(binary_form=True)
-        self.handshake = Handshake(obj.selected_alpn_protocol(), obj.version() or "", cert)
+        self.handshake = Handshake(obj.selected_alpn_protocol(), obj.version() or "", cert, obj.context)
         return True
 
     def send(self, data) -> int:

@@ -4,6 +4,7 @@ openssl s_client and Python's ssl. Certificates are made by the tests."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import re
 import socket
@@ -175,3 +176,33 @@ def test_a_session_resumes_on_any_worker(tls_edge, pki):
         time.sleep(0.1)
     assert sum(served.values()) == connections
     assert all(n > 0 for n in served.values()), f"one worker served every connection: {served}"
+
+
+def ca_secret(name: str, issued) -> str:
+    b64 = base64.b64encode(issued.cert_pem.encode()).decode()
+    return f"---\napiVersion: v1\nkind: Secret\nmetadata: {{name: {name}}}\ntype: Opaque\ndata: {{ca.crt: {b64}}}\n"
+
+
+def test_client_certificates_are_required_and_told_upstream_as_x_forwarded_client_cert(make_edge, upstream, pki,
+                                                                                      tmp_path):
+    client = make_leaf(pki["ca"], "client.test", client=True)
+    (tmp_path / "client.crt").write_text(client.cert_pem)
+    (tmp_path / "client.key").write_text(client.key_pem)
+    edge = make_edge({
+        "secrets.yaml": tls_secret("a-cert", pki["a"]) + ca_secret("clients", pki["ca"]),
+        "hosts.yaml": resource("Host", "a", {"hostname": "a.test", "tlsSecret": {"name": "a-cert"},
+                                             "tls": {"ca_secret": "clients", "cert_required": True}}),
+        "module.yaml": resource("Module", "ambassador", {"config": {
+            "forward_client_cert_details": "SANITIZE_SET", "set_current_client_cert_details": {"subject": True}}}),
+        "m.yaml": mapping("api", upstream.service, "/api/"),
+    }, protocol="HTTPS")
+    base = ["--cacert", pki["ca_file"], "--resolve", resolve(edge, "a.test")]
+    url = f"https://a.test:{edge.port}/api/who"
+    refused = curl(*base, url)
+    assert refused.returncode != 0  # no client certificate: the handshake fails
+    done = curl(*base, "--cert", str(tmp_path / "client.crt"), "--key", str(tmp_path / "client.key"),
+                "-H", "x-forwarded-client-cert: Hash=forged", url)
+    assert done.returncode == 0, done.stderr
+    sent = [v for n, v in json.loads(done.stdout)["headers"] if n.lower() == "x-forwarded-client-cert"]
+    digest = hashlib.sha256(ssl.PEM_cert_to_DER_cert(client.cert_pem)).hexdigest()
+    assert sent == [f'Hash={digest};Subject="CN=client.test"'], sent

@@ -9,9 +9,9 @@ from __future__ import annotations
 from http import HTTPStatus
 
 from edge.worker.proto.h1parser import RequestParser, ResponseParser
-from edge.worker.proto.messages import Body, ClientError, End, Request, Response, UpstreamError
+from edge.worker.proto.messages import Body, ClientError, End, PriorKnowledge, Request, Response, UpstreamError
 
-__all__ = ["Body", "ClientError", "End", "Request", "RequestParser", "Response", "ResponseParser", "UpstreamError",
+__all__ = ["Body", "ClientError", "End", "PriorKnowledge", "Request", "RequestParser", "Response", "ResponseParser", "UpstreamError",
            "chunk", "last_chunk", "simple_response"]
 
 

@@ -31,6 +31,7 @@ from edge.worker.proto.messages import (
     Body,
     ClientError,
     End,
+    PriorKnowledge,
     Request,
     Response,
     UpstreamError,
@@ -370,6 +371,8 @@ cdef class RequestParser(_Parser):
             if err == ll.HPE_PAUSED_UPGRADE:
                 # the Request event says upgrade=True; the bytes after it are the new protocol's
                 ll.llhttp_resume_after_upgrade(&self._p)
+            elif err == ll.HPE_PAUSED_H2_UPGRADE:
+                raise PriorKnowledge()
             else:
                 error = self._callback_error()
                 if error is not None:

@@ -33,6 +33,7 @@ cdef extern from "llhttp.h":
     ctypedef enum llhttp_errno_t:
         HPE_OK
         HPE_PAUSED_UPGRADE
+        HPE_PAUSED_H2_UPGRADE
         HPE_USER
 
     ctypedef enum llhttp_method_t:

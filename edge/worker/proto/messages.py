@@ -19,6 +19,14 @@ class ClientError(Exception):
         self.reason = reason
 
 
+class PriorKnowledge(ClientError):
+    """The connection opened with the HTTP/2 preface (`PRI * HTTP/2.0`): h2c with prior
+    knowledge, or h2 after TLS's ALPN. A 400 to an HTTP/1-only handler."""
+
+    def __init__(self):
+        super().__init__(400, "the HTTP/2 connection preface on an HTTP/1 connection")
+
+
 class UpstreamError(Exception):
     """The upstream sent an unusable response."""
 
