@@ -8,10 +8,14 @@ Mappings, edge with a rate limit that never triggers, and bench.forwarder (a bar
 byte relay on edge's reactor: what the event loop alone costs, without HTTP work). Over
 TLS (https_c50, tls_handshake): nginx (1 worker, `listen ssl`) and edge with 1 and N
 workers (an HTTPS Listener) serve one self-signed ECDSA P-256 certificate made at start.
+Over HTTP/2 (h2_streams): h2load instead of wrk, h2 by ALPN on that certificate, against
+nginx-h2 (nginx-tls with `listen ssl http2`) and the same edge targets (their HTTPS Listener
+offers h2); each round warms up its connections for 1 s before its measured duration.
 Rounds are interleaved (every target once per round, every other round in reverse order)
 and medians reported; CPU per request is the user+system time of the proxy's processes
-(/proc) over the requests wrk completed. Writes bench/results/<scenario>.json, summary.md
-and summary.png.
+(/proc) over the requests the load generator completed (with h2load, from when it says its
+measured duration started to when it says it ended). Writes bench/results/<scenario>.json,
+summary.md and summary.png.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import report, targets, tlsbench, wrk
+from bench import h2load, report, targets, tlsbench, wrk
 
 RESULTS = targets.ROOT / "bench" / "results"
 
@@ -39,6 +43,7 @@ class Scenario:
     baseline: str = "nginx"
     close: bool = False
     unit: str = "requests/s"  # what one wrk request is, for the report
+    streams: int = 0  # > 0: h2load with this many concurrent streams per connection, not wrk
 
 
 PROXIES = ("nginx", "haproxy", "edge-1", "edge-N")
@@ -46,6 +51,8 @@ PROXIES = ("nginx", "haproxy", "edge-1", "edge-N")
 KEEP_ALIVE = (*PROXIES, "py-forwarder")
 # over TLS, the same certificate: nginx (1 worker) and edge with 1 and N workers
 TLS = ("nginx-tls", "edge-1-tls", "edge-N-tls")
+# over HTTP/2 (h2 by ALPN), the same certificate: nginx as nginx-tls with http2, and edge's HTTPS Listener
+H2 = ("nginx-h2", "edge-1-tls", "edge-N-tls")
 SCENARIOS = {
     "small_c50": Scenario("small GET, keep-alive, 50 connections", "/bench/", 50, KEEP_ALIVE),
     "small_c200": Scenario("small GET, keep-alive, 200 connections", "/bench/", 200, KEEP_ALIVE),
@@ -62,18 +69,34 @@ SCENARIOS = {
                               "(TLS 1.3, ECDSA P-256; wrk would resume from tickets: nginx has no session "
                               "cache or tickets, edge no tickets, as it has no resumption across workers yet)",
                               "/bench/", 50, TLS, baseline="nginx-tls", close=True, unit="handshakes/s"),
+    "h2_streams": Scenario("small GET over HTTP/2 (h2 by ALPN, TLS 1.3, ECDSA P-256), 4 connections with "
+                           "100 concurrent streams each (h2load)", "/bench/", 4, H2, baseline="nginx-h2",
+                           streams=100),
 }
 
 
-def measure(target: targets.Target, scenario: Scenario, duration: float) -> dict:
-    before = target.cpu_seconds()
-    loop_before = _reactor_counts(target)
+def load(target: targets.Target, scenario: Scenario, duration: float, warm_up: float = 1.0,
+         snapshot=lambda: None) -> tuple[dict, tuple]:
+    """wrk, or h2load (after `warm_up` seconds in the same connections) for a scenario with
+    streams; `snapshot()` before and after the measured requests."""
+    if scenario.streams:
+        return h2load.run(target.port, scenario.path, clients=scenario.connections, streams=scenario.streams,
+                          duration=duration, warm_up=warm_up, tls=target.tls, snapshot=snapshot)
+    before = snapshot()
     result = wrk.run(target.port, scenario.path, connections=scenario.connections, duration=duration,
                      close=scenario.close, tls=target.tls)
-    cpu = target.cpu_seconds() - before
+    return result, (before, snapshot())
+
+
+def measure(target: targets.Target, scenario: Scenario, duration: float) -> dict:
+    result, (before, after) = load(target, scenario, duration,
+                                   snapshot=lambda: (target.cpu_seconds(), _reactor_counts(target)))
+    if "output" in result:  # h2load counted errors: what it said, as it said it
+        print(f"{target.name}: {result['errors']} errors; h2load printed:\n{result['output']}", flush=True)
+    cpu = after[0] - before[0]
     result["cpu_us_per_request"] = cpu / max(result["requests"], 1) * 1e6
-    if loop_before is not None:  # edge: scheduler round trips (reactor turns) per request
-        batches, events = (a - b for a, b in zip(_reactor_counts(target), loop_before))
+    if before[1] is not None:  # edge: scheduler round trips (reactor turns) per request
+        batches, events = (a - b for a, b in zip(after[1], before[1]))
         result["reactor_turns_per_request"] = round(batches / max(result["requests"], 1), 4)
         result["events_per_reactor_turn"] = round(events / max(batches, 1), 1)
     return result
@@ -96,9 +119,11 @@ def main() -> None:
     args = ap.parse_args()
     targets.require("wrk", "nginx", "haproxy")
     chosen = args.scenario or list(SCENARIOS)
+    if any(SCENARIOS[name].streams for name in chosen):
+        targets.require("h2load", hint="apt-get install nghttp2-client (`make test` installs it)")
     needed = {t for name in chosen for t in SCENARIOS[name].targets}
     work = Path(tempfile.mkdtemp(prefix="edge-bench-"))
-    cert = tlsbench.self_signed(work) if needed & set(TLS) else None
+    cert = tlsbench.self_signed(work) if needed & {*TLS, *H2} else None
     up = targets.upstream(work)
     running: dict[str, targets.Target] = {}
     try:
@@ -112,6 +137,7 @@ def main() -> None:
             "edge-1-ratelimit": lambda: targets.edge(work, "edge-1-ratelimit", up.port, workers=1, mappings=10,
                                                      rate_limited=True),
             "nginx-tls": lambda: targets.nginx_tls(work, up.port, cert),
+            "nginx-h2": lambda: targets.nginx_tls(work, up.port, cert, http2=True),
             "edge-1-tls": lambda: targets.edge(work, "edge-1-tls", up.port, workers=1, mappings=10, cert=cert),
             "edge-N-tls": lambda: targets.edge(work, "edge-N-tls", up.port, workers=args.workers, mappings=10,
                                                cert=cert),
@@ -128,10 +154,10 @@ def main() -> None:
         for name in chosen:
             scenario = SCENARIOS[name]
             for t in scenario.targets:  # warm-up: pools, caches, the kernel's accept queues
-                warm = wrk.run(running[t].port, scenario.path, connections=scenario.connections, duration=1,
-                               close=scenario.close, tls=running[t].tls)
+                warm, _ = load(running[t], scenario, duration=1, warm_up=0)
                 if warm["errors"]:
-                    raise SystemExit(f"{name}: {t} answered {warm['errors']} errors during the warm-up")
+                    raise SystemExit(f"{name}: {t} answered {warm['errors']} errors during the warm-up"
+                                     + (f"; h2load printed:\n{warm['output']}" if "output" in warm else ""))
             runs: dict[str, list[dict]] = {t: [] for t in scenario.targets}
             for r in range(args.rounds):
                 # every other round in reverse: no target always runs first (or right after
@@ -145,7 +171,9 @@ def main() -> None:
                              "setup": {"connections": scenario.connections, "duration_s": args.duration,
                                        "rounds": args.rounds, "edge_N_workers": args.workers,
                                        "cpus": os.cpu_count(), "new_connection_per_request": scenario.close,
-                                       "tls": running[scenario.baseline].tls},
+                                       "tls": running[scenario.baseline].tls,
+                                       **({"load_generator": "h2load", "streams_per_connection": scenario.streams,
+                                           "warm_up_s": 1} if scenario.streams else {})},
                              "summary": summary, "runs": runs}
             (RESULTS / f"{name}.json").write_text(json.dumps(results[name], indent=2) + "\n")
             text = report.markdown(name, scenario.description, scenario.baseline, summary, scenario.unit)

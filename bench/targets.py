@@ -155,14 +155,16 @@ _NGINX_PROXY = """location / { proxy_pass http://backend; proxy_http_version 1.1
       proxy_buffer_size 64k; proxy_buffers 8 64k; proxy_busy_buffers_size 128k; proxy_max_temp_file_size 0; }"""
 
 
-def nginx_tls(work: Path, up: int, cert: Certificate) -> Target:
+def nginx_tls(work: Path, up: int, cert: Certificate, http2: bool = False) -> Target:
     """nginx as above over TLS only (HTTP/1.1, TLS 1.2 and 1.3), without session resumption:
     no session cache and no tickets, so every new connection is a full handshake (edge has no
-    resumption across workers yet)."""
+    resumption across workers yet). `http2`: nginx-h2, which also offers h2 by ALPN (up to
+    128 concurrent streams per connection, nginx's default; keepalive_requests bounds the
+    requests of an HTTP/2 connection too)."""
     port = free_port()
-    return _nginx(work, "nginx-tls", port, f"""
+    return _nginx(work, "nginx-h2" if http2 else "nginx-tls", port, f"""
   upstream backend {{ server 127.0.0.1:{up}; keepalive 512; keepalive_requests 1000000; }}
-  server {{ listen 127.0.0.1:{port} ssl backlog=4096;
+  server {{ listen 127.0.0.1:{port} ssl{' http2' if http2 else ''} backlog=4096;
     ssl_certificate {cert.cert}; ssl_certificate_key {cert.key}; ssl_protocols TLSv1.2 TLSv1.3;
     ssl_session_cache off; ssl_session_tickets off;
     {_NGINX_PROXY} }}""", tls=True)
@@ -260,7 +262,7 @@ def edge_serving(directory: Path, name: str, port: int, workers: int, tls: bool 
     return Target(name, port, [proc], admin, tls)
 
 
-def require(*tools: str) -> None:
+def require(*tools: str, hint: str = "run `make bench`, which installs them") -> None:
     missing = [t for t in tools if not shutil.which(t)]
     if missing:
-        sys.exit(f"{', '.join(missing)} not found: run `make bench`, which installs them")
+        sys.exit(f"{', '.join(missing)} not found: {hint}")
