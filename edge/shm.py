@@ -27,7 +27,7 @@ from dataclasses import dataclass
 SHM_DIR = os.environ.get("EDGE_SHM_DIR") or "/dev/shm"
 ROUTES_MAGIC = b"EDGERTBL"
 STATS_MAGIC = b"EDGESTAT"
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
 
 _HEAD = struct.Struct("<8sIIQ")  # magic, layout, active, generation
 _GEN_OFF = 16
@@ -242,8 +242,11 @@ STAT_FIELDS = (
     "ratelimit_log_only_over",  # requests over a LogOnly limit (served)
     "ratelimit_store_failures",  # requests decided by the failure mode: Redis down or too slow
     "accept_errors",  # accepts that failed: EMFILE (out of file descriptors) and the like
+    "tls_handshake_errors",  # TLS handshakes that failed or timed out
+    "h2_connections",  # HTTP/2 connections opened
+    "h2_connection_errors",  # HTTP/2 connections closed for the peer's fault (floods, rapid reset, bad frames)
 )
-_CELL_SIZE = 8 * 16
+_CELL_SIZE = 8 * 24
 assert len(STAT_FIELDS) <= _CELL_SIZE // 8, "a stats cell is full: grow _CELL_SIZE and bump LAYOUT_VERSION"
 _STATS_HEAD = struct.Struct("<8sII")
 

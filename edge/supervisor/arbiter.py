@@ -249,6 +249,8 @@ class Arbiter:
                         "ratelimit_log_only_over": cell["ratelimit_log_only_over"],
                         "ratelimit_store_failures": cell["ratelimit_store_failures"],
                         "accept_errors": cell["accept_errors"],
+                        "tls_handshake_errors": cell["tls_handshake_errors"],
+                        "h2_connections": cell["h2_connections"], "h2_connection_errors": cell["h2_connection_errors"],
                         "restarts": slot.restarts, "heartbeat": cell["heartbeat"]})
         return out
 

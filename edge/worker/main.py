@@ -200,6 +200,9 @@ class Worker:
             stats.set(slot, "reactor_events", state.reactor.events)
             stats.set(slot, "ratelimited", state.ratelimited)
             stats.set(slot, "accept_errors", self.accept_errors.count)
+            stats.set(slot, "tls_handshake_errors", state.tls_handshake_errors)
+            stats.set(slot, "h2_connections", state.h2_connections)
+            stats.set(slot, "h2_connection_errors", state.h2_connection_errors)
             if state.limits is not None:
                 stats.set(slot, "ratelimit_log_only_over", state.limits.over_log_only)
                 stats.set(slot, "ratelimit_store_failures", state.limits.failures)

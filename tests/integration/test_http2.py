@@ -41,7 +41,8 @@ def h2_edge(make_edge, upstream, pki):
         "secrets.yaml": tls_secret("cert", pki["leaf"]),
         "hosts.yaml": resource("Host", "h2", {"hostname": "*", "tlsSecret": {"name": "cert"},
                                               "requestPolicy": {"insecure": {"action": "Route"}}}),
-        "m.yaml": mapping("api", upstream.service, "/api/") + mapping("root", upstream.service, "/", rewrite=""),
+        # the root Mapping has no route timeout: long downloads (Emissary cuts a response at 3 s by default)
+        "m.yaml": mapping("api", upstream.service, "/api/") + mapping("root", upstream.service, "/", rewrite="", timeout_ms=0),
     }, protocol="HTTPS")
 
 
@@ -166,3 +167,23 @@ def test_h2spec_passes_every_test(h2_edge, tls, tmp_path):
     expected = set() if tls else H2C_ONLY_FAILURE
     assert len(failing) == failed and failing == expected, f"h2spec: {summary.group(0)}: {sorted(failing)}\n" \
         + done.stdout[-4000:]
+
+
+def test_an_h2_stream_runs_through_50_table_swaps(h2_edge, upstream):
+    """A rate-limited 64 MiB download over one HTTP/2 stream while 50 tables are published
+    (a Mapping added and removed each time): the stream and its connection never reset."""
+    size = 64 * 1024 * 1024
+    download = subprocess.Popen(["curl", "-sS", "--http2-prior-knowledge", "--limit-rate", "8M", "-o", "-",
+                                 "-w", "%{http_version} %{http_code} %{size_download}",
+                                 h2_edge.url(f"/bytes/{size}")], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    generation = h2_edge.config()["generation"]
+    for i in range(50):
+        extra = mapping(f"churn-{i}", upstream.service, f"/churn-{i}/") if i % 2 == 0 else ""
+        h2_edge.write("churn.yaml", extra or "---\n")
+        generation += 1
+        h2_edge.wait_generation(generation, timeout=10)
+    assert download.poll() is None, "the download ended before the last swap: make it longer"
+    out, err = download.communicate(timeout=120)
+    assert download.returncode == 0, err
+    body, _, summary = out.rpartition(b"2 200 ")
+    assert summary == str(size).encode() and len(body) == size and body[:len(PATTERN)] == PATTERN

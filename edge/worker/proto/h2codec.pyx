@@ -59,6 +59,7 @@ from edge.worker.proto cimport nghttp2 as ng
 
 DEF STACK_NV = 32
 cdef Py_ssize_t HEADER_OVERHEAD = 32  # RFC 7541 §4.1
+cdef Py_ssize_t BOMB_FACTOR = 4  # a header block decoding past 4x the limit closes the connection
 cdef Py_ssize_t MAX_GAPS = 64  # ranges of never-used client stream ids remembered per connection
 cdef double ALL_RESET_BURST = 1000.0
 cdef double ALL_RESET_RATE = 33.0
@@ -650,11 +651,15 @@ cdef class H2Codec:
         cdef ng.nghttp2_vec n, v
         cdef Py_ssize_t cap
         cdef ng.nghttp2_rcbuf **grown
-        if self._hdr_overflow:
-            return 0
         n = ng.nghttp2_rcbuf_get_buf(name)
         v = ng.nghttp2_rcbuf_get_buf(value)
         self._hdr_size += n.len + v.len + HEADER_OVERHEAD
+        if self._hdr_overflow:
+            # an HPACK bomb: a small block that decodes far past the limit (references to a
+            # large dynamic-table entry); a client merely over the limit gets its 431
+            if self._hdr_size > BOMB_FACTOR * self._max_header_list:
+                return self._connection_error(ng.NGHTTP2_ENHANCE_YOUR_CALM, "HPACK bomb")
+            return 0
         if self._hdr_size > self._max_header_list:
             self._release_headers()
             self._n_header_overflow += 1
