@@ -14,7 +14,8 @@ from edge.workerspec import DEFAULTS as WORKER, FAILURE_MODES
 
 # `edge serve` options that are Options fields of the same name
 _OPTIONS = ("workers", "admin_addr", "admin_allow_remote_restart", "ambassador_id", "namespace", "drain_timeout",
-            "header_timeout", "idle_timeout", "heartbeat_timeout", "dns_refresh", "kubernetes", "kubeconfig",
+            "header_timeout", "idle_timeout", "send_timeout", "heartbeat_timeout", "dns_refresh", "kubernetes",
+            "kubeconfig",
             "single_namespace", "label_selector", "ingress_status_service", "ingress_status_address",
             "ratelimit_redis", "ratelimit_budget_ms", "ratelimit_failure_mode", "ratelimit_buckets", "log_level",
             "upgrade_socket")
@@ -61,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--idle-timeout", type=float, default=env("EDGE_IDLE_TIMEOUT"),
                        help="seconds an idle keep-alive client connection stays open (env EDGE_IDLE_TIMEOUT; "
                             f"default {WORKER.idle_timeout:g})")
+    serve.add_argument("--send-timeout", type=float, default=env("EDGE_SEND_TIMEOUT"),
+                       help="seconds a client may take none of a response edge holds for it (an HTTP/2 "
+                            f"window kept shut) before its connection is closed (env EDGE_SEND_TIMEOUT; "
+                            f"default {WORKER.send_timeout:g})")
     serve.add_argument("--heartbeat-timeout", type=float, default=env("EDGE_HEARTBEAT_TIMEOUT"),
                        help="seconds without a worker heartbeat before it is replaced (env EDGE_HEARTBEAT_TIMEOUT)")
     serve.add_argument("--dns-refresh", type=float, default=env("EDGE_DNS_REFRESH"),

@@ -47,6 +47,8 @@ class WorkerOptions:
     # the same for every worker: set by the supervisor from `edge serve`'s options
     header_timeout: float = _opt(10.0, "seconds a client has to send its request head, else 408")
     idle_timeout: float = _opt(300.0, "seconds an idle keep-alive client connection stays open")
+    send_timeout: float = _opt(60.0, "seconds a client may take none of a response edge holds for it "
+                                     "(an HTTP/2 window kept shut) before its connection is closed")
     drain_timeout: float = _opt(30.0, "seconds in-flight requests get on SIGTERM")
     log_level: str = _opt("INFO", "logging level")
     ratelimit: str | None = _opt(None, "rate-limit counter segment name")

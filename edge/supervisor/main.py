@@ -56,6 +56,7 @@ class Options:
     drain_timeout: float = WORKER_DEFAULTS.drain_timeout
     header_timeout: float = WORKER_DEFAULTS.header_timeout
     idle_timeout: float = WORKER_DEFAULTS.idle_timeout
+    send_timeout: float = WORKER_DEFAULTS.send_timeout
     log_level: str = WORKER_DEFAULTS.log_level
     max_table_bytes: int = 256 << 20
     kubernetes: bool = False

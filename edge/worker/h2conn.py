@@ -21,6 +21,7 @@ started; our bugs are a 500 (or a reset) on that stream, counted.
 from __future__ import annotations
 
 import logging
+import math
 import time
 
 from edge.worker.exchange import Exchange
@@ -46,9 +47,9 @@ from edge.worker.tls import client_cert_of
 log = logging.getLogger("edge.worker")
 
 HIGH_WATER = 65536  # response bytes a stream may have queued in the codec before the upstream waits
-CANCEL = 8
-INTERNAL_ERROR = 2
 NO_ERROR = 0
+INTERNAL_ERROR = 2
+ENHANCE_YOUR_CALM = 11
 # HTTP/1 response heads never forwarded on HTTP/2 (RFC 9113 §8.2.2), besides Connection's tokens
 CONNECTION_SPECIFIC = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
                                  b"upgrade"})
@@ -56,7 +57,7 @@ CONNECTION_SPECIFIC = frozenset({b"connection", b"keep-alive", b"proxy-connectio
 
 class H2Connection(Handler):
     __slots__ = ("state", "reactor", "sock", "fd", "peer", "port", "scheme", "tls", "cert", "codec", "streams",
-                 "out", "readable", "hup", "closing", "busy")
+                 "out", "readable", "hup", "closing", "busy", "paused", "stalled_since")
 
     def __init__(self, state: WorkerState, sock, peer: str, port: int, scheme: bytes, initial: bytes = b""):
         """`initial`: what was read before the connection was known to be HTTP/2 (the preface)."""
@@ -79,6 +80,8 @@ class H2Connection(Handler):
         self.hup = False
         self.closing = False  # GOAWAY sent: close once the streams ended and the output left
         self.busy = False
+        self.paused = 0  # streams whose upstream waits for the client to take their response
+        self.stalled_since: float | None = None  # paused streams, and the client takes nothing
         state.connections.add(self)
         state.h2_connections += 1
         self._idle()
@@ -106,6 +109,17 @@ class H2Connection(Handler):
         self.pump()
 
     def on_timeout(self) -> None:
+        if self.stalled_since is not None:
+            # the client kept its window shut on responses we hold for send_timeout: a
+            # zero-window stall, holding upstream connections and buffers
+            self.state.h2_connection_errors += 1
+            log.info("HTTP/2 connection from %s closed: it took no response bytes for %g s",
+                     self.peer, self.state.send_timeout)
+            self.codec.goaway(ENHANCE_YOUR_CALM)
+            self.closing = True
+            self.pump()
+            self._close()
+            return
         # idle (no stream open) past the idle timeout, or a drain's grace: say goodbye
         self.codec.goaway(NO_ERROR)
         self.closing = True
@@ -178,7 +192,7 @@ class H2Connection(Handler):
             if kind is RequestHeaders:
                 stream = H2Stream(self, event.stream_id)
                 streams[event.stream_id] = stream
-                self.reactor.set_deadline(self, float("inf"))
+                self.reactor.set_deadline(self, math.inf)
                 stream.start(event.headers, event.end_stream)
             elif kind is Data:
                 stream = streams.get(event.stream_id)
@@ -214,6 +228,7 @@ class H2Connection(Handler):
         self.busy = True
         try:
             codec = self.codec
+            wrote = False
             while not self.out:
                 data = codec.data_to_send()
                 if codec.events:
@@ -221,13 +236,27 @@ class H2Connection(Handler):
                 if not data:
                     break
                 self._write(data)
+                wrote = True
                 if self.closed:
                     return
+            self._watch_stall(wrote)
             if not self.out and not self.closed and (
                     (self.closing and not self.streams) or not (codec.want_read or codec.want_write)):
                 self._close()
         finally:
             self.busy = False
+
+    def _watch_stall(self, wrote: bool) -> None:
+        """Paused streams while the socket has room and the codec sends nothing: the
+        client's windows are shut. send_timeout of that closes the connection."""
+        if self.paused and not wrote and not self.out:
+            if self.stalled_since is None:
+                self.stalled_since = now = time.monotonic()
+                self.reactor.set_deadline(self, now + self.state.send_timeout)
+        elif self.stalled_since is not None and (wrote or not self.paused):
+            self.stalled_since = None
+            if self.streams:
+                self.reactor.set_deadline(self, math.inf)  # streams open: no idle timer either
 
     def _write(self, data) -> None:
         try:
@@ -339,7 +368,9 @@ class H2Stream(Exchange):
         self._resume()
 
     def drained(self) -> None:
-        self.out = None
+        if self.out:
+            self.out = None
+            self.conn.paused -= 1
         up = self.up
         if up is not None and up.readable:
             self._read_upstream()
@@ -350,6 +381,9 @@ class H2Stream(Exchange):
             return
         self.closed = True
         self.ended = True
+        if self.out:
+            self.out = None
+            self.conn.paused -= 1
         self._drop_upstream()
         self.reactor.forget(self)
 
@@ -429,8 +463,9 @@ class H2Stream(Exchange):
                 self.keep_upstream = event.keep_alive
                 self.response_started = True
                 codec.respond(sid, self._response_headers(event), end_stream=False)
-        if codec.buffered(sid) > HIGH_WATER:
+        if codec.buffered(sid) > HIGH_WATER and not self.out:
             self.out = True  # the client is slow: the upstream waits until the codec drains
+            self.conn.paused += 1
         return False
 
     def _response_headers(self, resp: Response) -> list:

@@ -68,7 +68,8 @@ class Worker:
         self.args = args
         self.slot = args.slot
         self.cell = args.slot if args.cell is None else args.cell  # our stats cell
-        self.state = WorkerState(header_timeout=args.header_timeout, idle_timeout=args.idle_timeout)
+        self.state = WorkerState(header_timeout=args.header_timeout, idle_timeout=args.idle_timeout,
+                                 send_timeout=args.send_timeout)
         if ratelimit_redis:
             self.state.limits = RedisLink(self.state.reactor, parse_redis_url(ratelimit_redis),
                                           args.ratelimit_budget_ms / 1000,

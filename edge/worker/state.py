@@ -15,12 +15,13 @@ DRAIN_IDLE_GRACE = 1.0
 
 class WorkerState:
     def __init__(self, *, header_timeout: float = DEFAULTS.header_timeout,
-                 idle_timeout: float = DEFAULTS.idle_timeout):
+                 idle_timeout: float = DEFAULTS.idle_timeout, send_timeout: float = DEFAULTS.send_timeout):
         self.router: Router | None = None
         self.reactor = Reactor()
         self.pool = Pool(self.reactor)
         self.header_timeout = header_timeout
         self.idle_timeout = idle_timeout
+        self.send_timeout = send_timeout
         self.read_buf = bytearray(READ_SIZE)
         self.draining = False
         self.drain_idle_grace = DRAIN_IDLE_GRACE

@@ -27,9 +27,13 @@ GET = [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"edge.test"
 GROSS_BOUND = 2.0  # seconds any one request of the well-behaved client may take meanwhile
 
 
+SEND_TIMEOUT = 1.0  # --send-timeout: how long a shut window may hold a response
+
+
 @pytest.fixture
 def one_worker(make_edge, upstream):
-    return make_edge({"m.yaml": mapping("api", upstream.service, "/api/")}, workers=1)
+    return make_edge({"m.yaml": mapping("api", upstream.service, "/api/")}, workers=1,
+                     extra_args=("--send-timeout", str(SEND_TIMEOUT)))
 
 
 class WellBehaved(threading.Thread):
@@ -132,7 +136,16 @@ def hpack_bomb() -> bytes:
     return HeadersFrame(1, block + index * 4000, flags=["END_HEADERS", "END_STREAM"]).serialize()
 
 
+def zero_window() -> bytes:
+    """A shut window (SETTINGS_INITIAL_WINDOW_SIZE 0), then a 4 MiB download."""
+    enc = hpack.Encoder()
+    path = [(b":path", b"/api/bytes/4194304") if n == b":path" else (n, v) for n, v in GET]
+    return (SettingsFrame(0, settings={SettingsFrame.INITIAL_WINDOW_SIZE: 0}).serialize()
+            + HeadersFrame(1, enc.encode(path), flags=["END_HEADERS", "END_STREAM"]).serialize())
+
+
 ATTACKS = {
+    "zero-window stall": (zero_window, 1),
     "rapid reset (CVE-2023-44487)": (rapid_reset, 1),
     "SETTINGS flood": (lambda: settings_frame() * 5000, 4),
     "PING flood": (lambda: PingFrame(0, opaque_data=b"12345678").serialize() * 5000, 4),
