@@ -51,6 +51,7 @@ class Cluster:
     port_name: str = ""  # a named Service port (`service: name:http`)
     consul_address: str = ""  # Consul agent HOST:PORT
     datacenter: str = ""
+    tls: int = -1  # index into RouteTable.client_tls: TLS to the endpoints; -1: cleartext
 
 
 @dataclass(frozen=True)
@@ -177,6 +178,25 @@ class ServerTLS:
 
 
 @dataclass(frozen=True)
+class ClientTLS:
+    """TLS origination to a cluster's endpoints (`service: https://...`, or a Mapping's
+    `tls`: a TLSContext by name, or `true`), as Emissary configures Envoy's
+    UpstreamTlsContext from a TLSContext."""
+
+    name: str  # what it came from: "TLSContext ns/name", or "no-cert-upstream" (Emissary's null context)
+    certificate: int = -1  # `secret`: the client certificate presented to the upstream; -1: none
+    # `ca_secret`: verify the upstream's chain against it (not its name, as in Envoy without
+    # match_subject_alt_names); -1: the upstream's certificate is not verified at all (as Envoy)
+    ca_certificate: int = -1
+    sni: str = ""  # the server name sent; "": none (Emissary sends one only when `sni` is set)
+    alpn_protocols: tuple[str, ...] = ()  # (): no ALPN offered
+    min_version: str = ""  # "v1.0" .. "v1.3"; "": the library's default
+    max_version: str = ""
+    cipher_suites: tuple[str, ...] = ()  # OpenSSL names; (): the default
+    ecdh_curves: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class VirtualHost:
     """A Host object (or the implicit "*" when there are none) and its ordered routes."""
 
@@ -232,3 +252,4 @@ class RouteTable:
     rate_limits: tuple[RateLimitRule, ...] = ()
     certificates: tuple[Certificate, ...] = ()
     server_tls: tuple[ServerTLS, ...] = ()
+    client_tls: tuple[ClientTLS, ...] = ()  # TLS origination, indexed by Cluster.tls
