@@ -18,12 +18,18 @@ timeouts. An HTTP/1 client connection (conn.ClientConnection) and an HTTP/2 stre
 
 One deadline per Exchange serves every upstream timeout; `phase` says which one runs.
 Whose fault (DESIGN.md §5): upstream trouble answers 502/503/504.
+
+TLS origination (a cluster with `tls`): the pool connects through the table's Origin,
+and the connect phase (and its connect_timeout_ms) lasts until the TLS handshake is done;
+a handshake that fails answers 503 as Envoy does ("... transport failure reason: TLS
+error: ...").
 """
 
 from __future__ import annotations
 
 import math
 import os
+import ssl
 import time
 
 from edge.ratelimit import responses as ratelimit_responses
@@ -50,13 +56,18 @@ class Exchange(Handler):
         if up is not self.up:
             return  # an event from before this exchange took it
         if not up.connected:
-            if not mask & WRITE_EVENTS:
+            if not up.tcp_connected:
+                if not mask & WRITE_EVENTS:
+                    return
+                err = up.connect_error()
+                if err:
+                    self._upstream_failed(502, f"upstream connect error: {os.strerror(err)}", retryable=False)
+                    return
+                up.tcp_connected = True
+                if up.tls is None:
+                    up.connected = True
+            if not up.connected and not self._handshake(up):
                 return
-            err = up.connect_error()
-            if err:
-                self._upstream_failed(502, f"upstream connect error: {os.strerror(err)}", retryable=False)
-                return
-            up.connected = True
             self._send_head()
             if self.up is not up:
                 return
@@ -113,8 +124,15 @@ class Exchange(Handler):
             state.upstream_errors += 1
             self._local(503, b"no healthy upstream", close=not self.req.keep_alive or self.req.has_body)
             return
+        origin = None
+        if cluster.tls >= 0:
+            try:
+                origin = self.router.tls.client.origin(self.router.table, cluster.tls)
+            except ssl.SSLError as exc:
+                self._tls_failed(exc)
+                return
         try:
-            up = state.pool.acquire(endpoint, self)
+            up = state.pool.acquire(endpoint, self, origin)
         except OSError as exc:
             self._upstream_failed(502, f"upstream connect error: {exc.strerror or exc}", retryable=False)
             return
@@ -125,6 +143,22 @@ class Exchange(Handler):
             self.phase = CONNECT
             connect_deadline = time.monotonic() + cluster.connect_timeout_ms / 1000
             self.reactor.set_deadline(self, min(self.request_deadline, connect_deadline))
+            if up.tcp_connected and self._handshake(up):  # connected at once: the ClientHello goes now
+                self._send_head()
+
+    def _handshake(self, up: UpstreamConn) -> bool:
+        """Drive the TLS handshake with the upstream; True once done (the caller sends the
+        head). A failure is the upstream's: 503, counted, as Envoy answers it."""
+        try:
+            return up.handshake()
+        except (ssl.SSLError, OSError) as exc:
+            self._tls_failed(exc)
+            return False
+
+    def _tls_failed(self, exc: OSError) -> None:
+        reason = getattr(exc, "reason", None) or exc.strerror or str(exc) or type(exc).__name__
+        self._upstream_failed(503, "upstream connect error or disconnect/reset before headers. reset reason: "
+                              f"connection failure, transport failure reason: TLS error: {reason}", retryable=False)
 
     def _exchange_deadline(self, now: float) -> None:
         idle = self.idle_s

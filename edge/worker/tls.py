@@ -1,10 +1,15 @@
-"""TLS termination inside the reactor: contexts per table, and a transport over a socket.
+"""TLS inside the reactor: contexts per table, and a transport over a socket, for
+termination (clients to edge) and origination (edge to upstreams).
 
 `ServerContexts` turns a table's ServerTLS entries into `ssl.SSLContext`s once per table
 generation (never per connection) and picks one per ClientHello by SNI: the exact name,
 then the longest wildcard, then the fallback (a `*` entry, else the first one), as
 Envoy's filter-chain match does. Key material comes from the table, so a rotated Secret
 is served to the next connection after the reload, and nothing is read from disk.
+
+`ClientContexts` does the same for TLS origination: one client `ssl.SSLContext` per
+ClientTLS entry (client certificate, CA to verify the upstream against, SNI, versions,
+ciphers, ALPN), reused across tables while unchanged.
 
 `TLSTransport` is the stdlib's sans-IO `ssl.SSLObject` over two `ssl.MemoryBIO`s, driven
 by the connection's own reads and writes. It looks like a non-blocking socket to the
@@ -21,6 +26,10 @@ reactor's edge-triggered reads and `send_or_keep` rely on:
   room, with a buffer that starts with the same bytes (OpenSSL's own rule for a retried
   write); that call sends the kept ciphertext and counts the piece. So the caller's
   kept bytes are never empty while ciphertext waits, and EPOLLOUT always has a writer.
+
+A client-side transport (`server_side=False`, TLS origination) starts its handshake with
+`do_handshake()`, called once the TCP connect is done and again on each event until it
+returns True; then `recv_into` and `send` work as above.
 """
 
 from __future__ import annotations
@@ -32,7 +41,7 @@ import socket
 import ssl
 from typing import NamedTuple
 
-from edge.model import Certificate, RouteTable, ServerTLS
+from edge.model import Certificate, ClientTLS, RouteTable, ServerTLS
 from edge.worker import xfcc
 
 log = logging.getLogger("edge.worker")
@@ -40,6 +49,7 @@ log = logging.getLogger("edge.worker")
 RAW_READ = 65536
 WRITE_CHUNK = 65536  # plaintext per send: bounds the ciphertext kept when the socket is full
 SPOKEN = ("h2", "http/1.1")  # ALPN protocols this worker serves, in its order of preference
+UPSTREAM_SPOKEN = ("http/1.1",)  # ALPN protocols this worker speaks to upstreams
 
 VERSIONS = {
     "v1.0": ssl.TLSVersion.TLSv1, "v1.1": ssl.TLSVersion.TLSv1_1,
@@ -171,6 +181,8 @@ class ServerContexts:
         if self.fallback is not None:
             for ctx in self.by_entry.values():
                 ctx.sni_callback = self._select
+        # TLS origination's contexts travel with these: the Router keeps them per table
+        self.client = ClientContexts(table, previous.client if previous is not None else None)
 
     def __bool__(self) -> bool:
         return self.fallback is not None
@@ -196,6 +208,99 @@ class ServerContexts:
         return TLSTransport(sock, self.fallback)
 
 
+def _client_context(entry: ClientTLS, certs: tuple[Certificate, ...]) -> ssl.SSLContext:
+    """A client context as Envoy's UpstreamTlsContext from Emissary's TLSContext: the
+    upstream's chain is verified only against ca_secret, and its name never (Envoy
+    checks names only with match_subject_alt_names, which Emissary does not set)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    if entry.ca_certificate >= 0:
+        ctx.load_verify_locations(cadata=certs[entry.ca_certificate].chain_pem)
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    else:
+        ctx.verify_mode = ssl.CERT_NONE
+    if entry.certificate >= 0:
+        _load_chain(ctx, certs[entry.certificate])
+    if entry.min_version:
+        ctx.minimum_version = VERSIONS[entry.min_version]
+    if entry.max_version:
+        ctx.maximum_version = VERSIONS[entry.max_version]
+    if entry.cipher_suites:
+        ctx.set_ciphers(":".join(entry.cipher_suites))
+    if entry.ecdh_curves:
+        ctx.set_ecdh_curve(entry.ecdh_curves[0])
+    if entry.alpn_protocols:
+        ctx.set_alpn_protocols([p for p in entry.alpn_protocols if p in UPSTREAM_SPOKEN] or list(UPSTREAM_SPOKEN))
+    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
+    return ctx
+
+
+class Origin:
+    """One ClientTLS entry ready for connections: its context and the SNI to send (None:
+    none). Compared by identity: the pool keys idle connections by it, so a connection is
+    reused only with the very context (certificates, settings) it was made with."""
+
+    __slots__ = ("ctx", "sni", "name")
+
+    def __init__(self, ctx: ssl.SSLContext, sni: str | None, name: str):
+        self.ctx = ctx
+        self.sni = sni
+        self.name = name
+
+
+class ClientContexts:
+    """The client contexts of a table's ClientTLS entries, by index (Cluster.tls).
+
+    Built with the table's ServerContexts (in the table loader's thread); an entry whose
+    settings and certificates did not change reuses the previous table's Origin, so its
+    pooled connections stay usable. A Router that kept the previous table's contexts
+    (only clusters changed) asks with its own table: its entries are looked up (and any
+    new one built) then, once per table; the last few tables' indexes are kept, since the
+    requests of the previous table still finish while the next one serves."""
+
+    RECENT = 4
+
+    def __init__(self, table: RouteTable, previous: ClientContexts | None = None):
+        self.by_key: dict[tuple, Origin | str] = {}  # (entry, certificate, CA) -> Origin, or why none
+        self.errors: list[str] = []
+        self._recent: dict[int, tuple[tuple[ClientTLS, ...], list[Origin | str]]] = {}
+        self._entries, self._by_index = self._index(table, previous.by_key if previous is not None else {})
+
+    def _index(self, table: RouteTable, old: dict) -> tuple[tuple[ClientTLS, ...], list[Origin | str]]:
+        certs = table.certificates
+        by_index: list[Origin | str] = []
+        for entry in table.client_tls:
+            key = (entry, certs[entry.certificate] if entry.certificate >= 0 else None,
+                   certs[entry.ca_certificate] if entry.ca_certificate >= 0 else None)
+            origin = self.by_key.get(key) or old.get(key)
+            if origin is None:
+                try:
+                    origin = Origin(_client_context(entry, certs), entry.sni or None, entry.name)
+                except (ssl.SSLError, ValueError, OSError) as exc:  # OpenSSL refused a setting or the key
+                    origin = f"{entry.name}: {exc}"
+                    self.errors.append(origin)
+                    log.error("TLS origination with %s cannot be set up: %s", entry.name, exc)
+            self.by_key[key] = origin
+            by_index.append(origin)
+        recent = self._recent
+        if len(recent) >= self.RECENT:
+            del recent[next(iter(recent))]
+        recent[id(table.client_tls)] = (table.client_tls, by_index)  # the tuple kept: its id stays its own
+        return table.client_tls, by_index
+
+    def origin(self, table: RouteTable, index: int) -> Origin:
+        """The Origin for `table`'s ClientTLS `index`. Raises ssl.SSLError when its context
+        could not be made."""
+        entries = table.client_tls
+        if entries is not self._entries:
+            known = self._recent.get(id(entries))
+            self._entries, self._by_index = known if known is not None else self._index(table, {})
+        origin = self._by_index[index]
+        if type(origin) is str:
+            raise ssl.SSLError(origin)
+        return origin
+
+
 class Handshake(NamedTuple):
     """What the finished handshake says about the client."""
 
@@ -216,15 +321,19 @@ def client_cert_of(transport: TLSTransport, router) -> tuple:
 
 
 class TLSTransport:
-    """A server-side TLS stream over a non-blocking socket (see the module docstring)."""
+    """A TLS stream over a non-blocking socket (see the module docstring): server-side by
+    default, client-side (TLS origination) with `server_side=False`, sending
+    `server_hostname` as SNI (None: no SNI)."""
 
     __slots__ = ("sock", "obj", "incoming", "outgoing", "kept", "kept_plain", "handshake", "eof")
 
-    def __init__(self, sock: socket.socket, ctx: ssl.SSLContext):
+    def __init__(self, sock: socket.socket, ctx: ssl.SSLContext, server_side: bool = True,
+                 server_hostname: str | None = None):
         self.sock = sock
         self.incoming = ssl.MemoryBIO()
         self.outgoing = ssl.MemoryBIO()
-        self.obj = ctx.wrap_bio(self.incoming, self.outgoing, server_side=True)
+        self.obj = ctx.wrap_bio(self.incoming, self.outgoing, server_side=server_side,
+                                server_hostname=server_hostname)
         self.kept = b""  # ciphertext the socket did not take yet
         self.kept_plain = 0  # how much of the caller's data that ciphertext carries
         self.handshake: Handshake | None = None
@@ -320,6 +429,20 @@ class TLSTransport:
         cert = obj.getpeercert(binary_form=True)
         self.handshake = Handshake(obj.selected_alpn_protocol(), obj.version() or "", cert, obj.context)
         return True
+
+    def do_handshake(self) -> bool:
+        """Drive a client handshake: send what is kept, then go as far as the socket allows.
+        True once done. Raises ssl.SSLError (the handshake failed, the peer closed) or
+        OSError (the socket failed)."""
+        if self.handshake is not None:
+            return True
+        if self.kept:
+            self._write_out()
+        if self._handshake():
+            return True
+        if self.eof:
+            raise ssl.SSLEOFError(ssl.SSL_ERROR_EOF, "the upstream closed the connection during the handshake")
+        return False
 
     def send(self, data) -> int:
         taken = 0

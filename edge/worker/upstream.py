@@ -4,6 +4,12 @@ An UpstreamConn is a reactor handler. While it serves a request its events go to
 client connection that owns it (`owner`); while it idles in the pool, any event on it
 means the upstream closed it or sent something unasked, and it is dropped at once (as
 nginx does), so a pooled connection never needs a check before it is reused.
+
+With TLS origination (a cluster with a ClientTLS), `sock` is a client-side TLSTransport
+over the socket (`raw`): `connected` stays False until the TLS handshake is done too, so
+the request head is sent only over an established TLS session. Idle connections are kept
+per (address, port) and, for TLS, the Origin (context and SNI) they were made with: a
+reused TLS connection does not handshake again.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import time
 from edge.model import Cluster, Endpoint
 from edge.worker.proto.h1 import ResponseParser
 from edge.worker.reactor import READ_EVENTS, Handler, Reactor, flush_kept, send_or_keep
+from edge.worker.tls import Origin, TLSTransport
 
 MAX_IDLE_PER_ENDPOINT = 128
 IDLE_TTL = 60.0
@@ -24,18 +31,23 @@ class UpstreamConn(Handler):
     """One connection to an endpoint. `owner` gets on_upstream_event(self, mask)."""
 
     __slots__ = ("sock", "fd", "key", "parser", "reused", "idle_since", "connected", "owner", "pool",
-                 "readable", "hup", "out")
+                 "readable", "hup", "out", "raw", "tls", "tcp_connected")
 
-    def __init__(self, sock: socket.socket, key: tuple[str, int], pool: Pool, connected: bool):
+    def __init__(self, sock: socket.socket, key: tuple, pool: Pool, connected: bool, origin: Origin | None = None):
         super().__init__()
-        self.sock = sock
+        self.raw = sock
         self.fd = sock.fileno()
+        # TLS origination: the handshake comes after the TCP connect, then the request
+        self.tls = None if origin is None else TLSTransport(sock, origin.ctx, server_side=False,
+                                                             server_hostname=origin.sni)
+        self.sock = sock if origin is None else self.tls
+        self.tcp_connected = connected
         self.key = key
         self.pool = pool
         self.parser = ResponseParser()
         self.reused = False
         self.idle_since = 0.0
-        self.connected = connected
+        self.connected = connected and origin is None
         self.owner = None
         self.readable = False
         self.hup = False  # the upstream closed its side: read until EOF
@@ -59,7 +71,15 @@ class UpstreamConn(Handler):
 
     def connect_error(self) -> int:
         """After the first writable event of a non-blocking connect: 0 or an errno."""
-        return self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        return self.raw.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+
+    def handshake(self) -> bool:
+        """TLS origination: drive the handshake (after the TCP connect); True once done,
+        and the connection is `connected`. Raises ssl.SSLError or OSError."""
+        if self.tls.do_handshake():
+            self.connected = True
+            return True
+        return False
 
     def send(self, data) -> bool:
         """Send what the kernel takes now and keep the rest in `out`; True if all went.
@@ -98,11 +118,12 @@ class Pool:
         self._rr[cluster.name] = i + 1
         return eps[i % len(eps)]
 
-    def acquire(self, ep: Endpoint, owner) -> UpstreamConn:
-        """A pooled connection to `ep`, or a new one whose connect is under way
-        (`connected` False until its first writable event). Raises OSError when the
-        connect fails at once."""
-        key = (ep.address, ep.port)
+    def acquire(self, ep: Endpoint, owner, origin: Origin | None = None) -> UpstreamConn:
+        """A pooled connection to `ep` (with TLS through `origin`, if given), or a new one
+        whose connect (and TLS handshake) is under way: `connected` False until then.
+        Raises OSError when the connect fails at once."""
+        addr = (ep.address, ep.port)
+        key = addr if origin is None else (ep.address, ep.port, origin)
         idle = self._idle.get(key)
         if idle:
             conn = idle.pop()
@@ -114,13 +135,13 @@ class Pool:
         try:
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            err = sock.connect_ex(key)
+            err = sock.connect_ex(addr)
             if err not in (0, errno.EINPROGRESS):
                 raise OSError(err, f"connect to {ep.address}:{ep.port}: {errno.errorcode.get(err, err)}")
         except BaseException:
             sock.close()
             raise
-        conn = UpstreamConn(sock, key, self, connected=err == 0)
+        conn = UpstreamConn(sock, key, self, connected=err == 0, origin=origin)
         conn.owner = owner
         self.reactor.register(conn.fd, conn)
         return conn
