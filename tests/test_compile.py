@@ -54,7 +54,7 @@ def test_defaults_order_and_rewrite():
     ({"prefix": "a", "service": "a"}, "spec.prefix", "start with"),
     ({"prefix": "/a", "service": "a", "timeout_ms": "soon"}, "spec.timeout_ms", "integer"),
     ({"prefix": "/a", "service": "a", "weight": 101}, "spec.weight", "at most 100"),
-    ({"prefix": "/a", "service": "https://a"}, "spec.service", "scheme"),
+    ({"prefix": "/a", "service": "ftp://a"}, "spec.service", "scheme"),
     ({"prefix": "/a", "service": "a:99999"}, "spec.service", "bad port"),
     ({"prefix": "/a", "service": "a", "headers": ["x"]}, "spec.headers", "mapping"),
     ({"prefix": "/a", "service": "a", "regex_headers": {"x": "("}}, "spec.regex_headers.x", "regular expression"),

@@ -83,10 +83,11 @@ FIELDS: dict[str, FieldRule] = {
     "use_websocket": _drop(_UPGRADE),
     "grpc": _drop("gRPC upstreams (HTTP/2) are not served by edge yet; Mapping dropped so gRPC "
                   "calls are not sent as HTTP/1.1"),
-    "tls": _drop("TLS to the upstream (an origination TLSContext) is not served by edge yet; "
-                 "Mapping dropped so traffic is never sent in clear text"),
-    "v2ExplicitTLS": _drop("TLS to the upstream (v2ExplicitTLS) is not served by edge yet; Mapping "
-                           "dropped so traffic is never sent in clear text"),
+    # TLS to the upstream: `service: https://...`, `tls: <TLSContext>` or `tls: true`
+    # (compile.py resolves the TLSContext); v2ExplicitTLS only records how a v2 Mapping spelled
+    # them, so that a v3alpha1 -> v2 conversion round-trips: it never changes what is served
+    "tls": _OK,
+    "v2ExplicitTLS": _OK,
     "cors": _drop("CORS is not served by edge yet; Mapping dropped so preflight requests are not "
                   "proxied and no CORS headers are left out"),
     "rate_limits": _drop("v2 rate_limits are not served by edge (use labels); Mapping dropped so "
@@ -145,6 +146,7 @@ class Service:
     host: str
     port: int
     port_name: str = ""  # `name:http`: a named Service port, for the Kubernetes resolvers
+    scheme: str = ""  # "http", "https" (TLS to the upstream) or "" (none written)
 
     @property
     def is_ip(self) -> bool:
@@ -191,16 +193,24 @@ class MappingSpec:
     labels: tuple[LabelGroup, ...] = ()  # rate-limit label groups
     auto_host_rewrite: bool = False  # the upstream Host is the service's host
     add_linkerd_headers: bool | None = None  # None: the Module's add_linkerd_headers
+    # TLS to the upstream (Emissary's ircluster.py): `service: https://...`, or `tls` (a
+    # TLSContext's name, or `true`: TLS without a TLSContext, Emissary's null context)
+    originate_tls: bool = False
+    tls_context: str | None = None  # the TLSContext `tls` names
 
 
-def parse_service(text: str, field: str = "spec.service") -> Service:
-    """`[http://]host[:port]`: a DNS name or an IP literal ([v6] in brackets)."""
+def parse_service(text: str, field: str = "spec.service", tls: bool = False) -> Service:
+    """`[http[s]://]host[:port]`: a DNS name or an IP literal ([v6] in brackets). Without a
+    port: 443 when TLS is originated (`https://`, or `tls` says so), else 80 (Emissary's
+    ircluster.py)."""
     rest = text.strip()
-    port = 80
+    scheme = ""
     if "://" in rest:
         scheme, rest = rest.split("://", 1)
-        if scheme.lower() != "http":
-            raise Invalid(field, f"scheme {scheme!r} not supported (only http://) in {text!r}")
+        scheme = scheme.lower()
+        if scheme not in ("http", "https"):
+            raise Invalid(field, f"scheme {scheme!r} not supported (http:// or https://) in {text!r}")
+    port = 443 if scheme == "https" or tls else 80
     if "/" in rest:
         raise Invalid(field, f"a path is not allowed in service {text!r}")
     if rest.startswith("["):
@@ -215,11 +225,45 @@ def parse_service(text: str, field: str = "spec.service") -> Service:
     elif rest.count(":") == 1:
         host, port_text = rest.split(":")
         if _PORT_NAME.match(port_text) and not port_text.isdigit():
-            return Service(_host(host, text, field), 0, port_text)
+            return Service(_host(host, text, field), 0, port_text, scheme)
         port = _port(port_text, text, field)
     else:
         host = rest
-    return Service(_host(host, text, field), port)
+    return Service(_host(host, text, field), port, "", scheme)
+
+
+def parse_tls(spec: dict) -> tuple[bool, str | None]:
+    """(originate TLS, the TLSContext's name) from `tls` alone: a TLSContext's name, or
+    `true` (Emissary's v2 spelling: TLS without a TLSContext); false, null or "": none."""
+    value = spec.get("tls")
+    if value is None or value is False or value == "":
+        return False, None
+    if value is True:
+        return True, None
+    if not isinstance(value, str) or not value.strip() or any(c.isspace() for c in value.strip()):
+        raise Invalid("spec.tls", f"must be a TLSContext's name (or true), got {value!r}")
+    return True, value.strip()
+
+
+V2_EXPLICIT_TLS = ("", "null", "bool:true", "bool:false", "string")
+_SCHEME = re.compile(r"^([hH][tT][tT][pP][sS]?://)?$")
+
+
+def check_v2_explicit_tls(spec: dict) -> None:
+    """v2ExplicitTLS as Emissary's CRD validates it (common.go); its content is how a v2
+    Mapping spelled `tls` and the scheme, for the conversion back to v2, and never changes
+    whether TLS is originated: `service` and `tls` say that."""
+    value = spec.get("v2ExplicitTLS")
+    if value is None:
+        return
+    if not isinstance(value, dict):
+        raise Invalid("spec.v2ExplicitTLS", "must be a mapping (tls, serviceScheme)")
+    tls = value.get("tls", "")
+    if tls not in V2_EXPLICIT_TLS:
+        raise Invalid("spec.v2ExplicitTLS.tls", f"must be one of {', '.join(map(repr, V2_EXPLICIT_TLS))}")
+    scheme = value.get("serviceScheme")
+    if scheme is not None and (not isinstance(scheme, str) or not _SCHEME.match(scheme)):
+        raise Invalid("spec.v2ExplicitTLS.serviceScheme", 'must be "http://", "https://" or ""')
 
 
 _PORT_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -313,6 +357,9 @@ def parse_mapping(obj: RawObject, defaults: dict | None = None,
     service_text = opt_str(spec, "service")
     if not service_text:
         raise Invalid("spec.service", "is required")
+    tls_named, tls_context = parse_tls(spec)
+    check_v2_explicit_tls(spec)
+    service = parse_service(service_text, tls=tls_named)
     host = opt_str(spec, "host")
     host_regex = opt_bool(spec, "host_regex", False)
     if host is not None and host_regex:
@@ -350,7 +397,7 @@ def parse_mapping(obj: RawObject, defaults: dict | None = None,
         add_response_headers=_header_adds(spec, "add_response_headers"),
         remove_request_headers=tuple(h.lower() for h in opt_str_list(spec, "remove_request_headers")),
         remove_response_headers=tuple(h.lower() for h in opt_str_list(spec, "remove_response_headers")),
-        service=parse_service(service_text),
+        service=service,
         service_text=service_text,
         weight=opt_int(spec, "weight", None, minimum=0, maximum=100),
         timeout_ms=opt_int(spec, "timeout_ms", None, minimum=0),
@@ -361,4 +408,6 @@ def parse_mapping(obj: RawObject, defaults: dict | None = None,
         auto_host_rewrite=opt_bool(spec, "auto_host_rewrite", False),
         add_linkerd_headers=None if spec.get("add_linkerd_headers") is None
         else opt_bool(spec, "add_linkerd_headers", False),
+        originate_tls=tls_named or service.scheme == "https",
+        tls_context=tls_context,
     )

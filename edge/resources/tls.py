@@ -1,5 +1,6 @@
-"""TLS termination inputs: Secrets (key material), TLSContexts and the TLS settings a Host
-or TLSContext carries, validated the way Emissary-ingress reads them. Pure: no I/O.
+"""TLS inputs: Secrets (key material), TLSContexts and the TLS settings a Host or
+TLSContext carries, validated the way Emissary-ingress reads them, for termination and for
+origination (a Mapping's `tls` naming a TLSContext). Pure: no I/O.
 
 - A Secret is a core `v1` Secret as `kubectl create secret tls` writes it (`type:
   kubernetes.io/tls`, base64 `data` `tls.crt` / `tls.key`; `stringData` too). A server
@@ -165,6 +166,20 @@ def server_pair(material: SecretMaterial) -> tuple[str, str]:
     return material.tls_crt, material.tls_key
 
 
+def client_pair(material: SecretMaterial) -> tuple[str, str]:
+    """(chain PEM, key PEM) of a client certificate that TLS origination presents to the
+    upstream (a TLSContext's `secret`). Raises Invalid("", message) as server_pair does."""
+    if material.tls_crt is None:
+        raise Invalid("", f"secret {material.ref} has no tls.crt")
+    if material.tls_key is None:
+        raise Invalid("", f"secret {material.ref} has no tls.key (Emissary: no private key; a client "
+                      "certificate cannot be presented without it)")
+    which, problem = _pair_problem(material.tls_crt, material.tls_key)
+    if problem:
+        raise Invalid("", f"secret {material.ref}: {which} {problem}")
+    return material.tls_crt, material.tls_key
+
+
 def ca_bundle(material: SecretMaterial) -> str:
     """The CA certificates to verify clients against: tls.crt (Emissary's key), else ca.crt."""
     bundle, key = (material.tls_crt, "tls.crt") if material.tls_crt is not None else (material.ca_crt, "ca.crt")
@@ -219,7 +234,8 @@ REFUSED = {
 }
 RCF_WARNING = ("ignored, as by Emissary 2.x and later (which parse it and do nothing): a Listener and the "
                "Host's requestPolicy.insecure say where cleartext is taken and whether it is redirected")
-SNI_NOTICE = "sni is for TLS origination (to upstreams), which edge does not do yet; ignored here"
+SNI_NOTICE = ("sni is for TLS origination (the server name a Mapping's tls: <TLSContext> sends to the upstream); "
+              "a Host terminates TLS, so it is ignored here")
 
 
 def normalise(spec: dict, path: str) -> dict:
@@ -318,9 +334,10 @@ def _alpn(spec: dict, path: str) -> tuple[str, ...]:
     return tuple(out)
 
 
-def parse_settings(spec: dict, path: str) -> tuple[TLSSettings, list[tuple[str, str, str]]]:
+def parse_settings(spec: dict, path: str, sni_used: bool = False) -> tuple[TLSSettings, list[tuple[str, str, str]]]:
     """The TLS settings of a TLSContext spec or a (normalised) Host.tls, and what to say
-    about them as (severity, field, message).
+    about them as (severity, field, message); `sni_used`: the caller reads `sni` (a
+    TLSContext, for origination), else it is noted as ignored.
     Raises Invalid for a value that cannot be served as written."""
     for key, message in REFUSED.items():
         if spec.get(key) not in (None, ""):
@@ -347,7 +364,7 @@ def parse_settings(spec: dict, path: str) -> tuple[TLSSettings, list[tuple[str, 
     if spec.get("redirect_cleartext_from") is not None:
         opt_int(spec, "redirect_cleartext_from", None, path, 1, 65535)
         warnings.append(("warning", f"{path}.redirect_cleartext_from", RCF_WARNING))
-    if spec.get("sni") not in (None, ""):
+    if spec.get("sni") not in (None, "") and not sni_used:
         warnings.append(("notice", f"{path}.sni", SNI_NOTICE))
     return settings, warnings
 
@@ -364,6 +381,7 @@ class TLSContextSpec:
     secret: str | None  # as written
     secret_namespacing: bool
     settings: TLSSettings
+    sni: str = ""  # origination: the server name sent to the upstream ("": none)
 
 
 def server_name(hostname: str) -> str:
@@ -388,9 +406,14 @@ def parse_tlscontext(obj: RawObject) -> tuple[TLSContextSpec, list[tuple[str, st
     secret = spec.get("secret")
     if secret is not None and (not isinstance(secret, str) or not secret.strip()):
         raise Invalid("spec.secret", "must be a Secret name (name or name.namespace)")
-    settings, warnings = parse_settings(spec, "spec")
+    settings, warnings = parse_settings(spec, "spec", sni_used=True)
+    sni = spec.get("sni")
+    if sni is None:
+        sni = ""
+    if not isinstance(sni, str) or any(c.isspace() for c in sni) or len(sni) > 253 or not sni.isascii():
+        raise Invalid("spec.sni", f"must be a server name (DNS name), got {sni!r}")
     namespacing = opt_bool(spec, "secret_namespacing", True)
     for key in sorted(set(spec) - CONTEXT_KEYS, key=str):
         warnings.append(("warning", f"spec.{key}", "not a TLSContext field edge knows; ignored"))
     names = tuple(dict.fromkeys(server_name(h) for h in hosts))
-    return TLSContextSpec(names, secret.strip() if secret else None, namespacing, settings), warnings
+    return TLSContextSpec(names, secret.strip() if secret else None, namespacing, settings, sni), warnings

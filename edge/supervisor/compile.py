@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Iterable
 
 from edge.model import (
     Certificate,
+    ClientTLS,
     Cluster,
     Diagnostic,
     Endpoint,
@@ -41,8 +42,8 @@ from edge.resources.module import ModuleSpec, config_diagnostics, parse_module
 from edge.resources.ratelimit import parse_ratelimit
 from edge.resources.resolver import BUILT_IN, CONSUL, SERVICE, ResolverSpec, parse_resolver
 from edge.resources.resolver import KINDS as RESOLVER_KINDS
-from edge.resources.tls import (TLSContextSpec, TLSSettings, ca_bundle, parse_tlscontext, read_secret, secret_ref,
-                                server_name, server_pair)
+from edge.resources.tls import (TLSContextSpec, TLSSettings, ca_bundle, client_pair, parse_tlscontext, read_secret,
+                                secret_ref, server_name, server_pair)
 
 DEFAULT_TIMEOUT_MS = 3000
 DEFAULT_CONNECT_TIMEOUT_MS = 3000
@@ -87,8 +88,10 @@ def compile(objects: Iterable[RawObject], options: CompileOptions = CompileOptio
     resolvers = compile_resolvers(selected, module, diags)
     mappings = compile_mappings(selected.get("Mapping", []), module, resolvers, diags,
                                 auth=selected.get("AuthService", []))
-    routes, clusters = build_routes(mappings, module, diags)
+    mappings, origins = compile_origination(mappings, tls, diags)
+    routes, clusters = build_routes(mappings, module, diags, origins)
     routes, clusters, internal = add_internal_routes(routes, clusters, module, options)
+    certificates, server_tls, client_tls, clusters = finish_tls(tls, origins, clusters)
     vhosts = associate_hosts(hosts, routes, mappings, internal, tls.policies)
     bound = bind_listeners(listeners, hosts, vhosts)
     check_tls_binding(bound, vhosts, hosts, tls, diags)
@@ -101,8 +104,9 @@ def compile(objects: Iterable[RawObject], options: CompileOptions = CompileOptio
         clusters=tuple(clusters),
         diagnostics=tuple(sorted(diags.items, key=diag_key)),
         rate_limits=rate_limits,
-        certificates=tls.certificates,
-        server_tls=tls.server_tls,
+        certificates=certificates,
+        server_tls=server_tls,
+        client_tls=client_tls,
     )
     return table, list(table.diagnostics)
 
@@ -246,6 +250,9 @@ class _TLS:
     server_tls: tuple[ServerTLS, ...]
     policies: dict[str, HostPolicy]  # by "ns/name" of the Host
     owners: dict[str, RawObject]  # ServerTLS name -> the object it came from
+    # every TLSContext by (namespace, name): parsed, or why it is invalid (for origination)
+    contexts: dict[tuple[str, str], tuple[RawObject, TLSContextSpec] | str] = field(default_factory=dict)
+    secrets: _Secrets | None = None
 
 
 class _Secrets:
@@ -395,7 +402,7 @@ def compile_tls(hosts: list[tuple[RawObject, HostSpec]], context_objs: list[RawO
         obj, spec = found
         if not spec.hosts:
             diags.add("notice", obj, "spec.hosts", "absent: this TLSContext terminates nothing by itself (one "
-                      "without hosts serves a Host's tlsContext, or TLS origination, which edge does not do yet)")
+                      "without hosts serves a Host's tlsContext, or TLS origination: a Mapping's tls naming it)")
             continue
         try:
             wants.append(_context_want(obj, spec, secrets))
@@ -457,7 +464,7 @@ def compile_tls(hosts: list[tuple[RawObject, HostSpec]], context_objs: list[RawO
                       "own, so edge routes them (say Redirect if TLS is terminated in front of edge)")
         policies[f"{obj.namespace}/{obj.name}"] = HostPolicy(index.get(name, index.get(alias.get(name, ""), -1)),
                                                              action, spec.additional_port)
-    return _TLS(kept, certificates, server_tls, policies, {w.name: w.obj for w in final})
+    return _TLS(kept, certificates, server_tls, policies, {w.name: w.obj for w in final}, contexts, secrets)
 
 
 def https_default_listener(listeners: list[tuple[RawObject | None, ListenerInput]], tls: _TLS,
@@ -538,6 +545,7 @@ class _Mapping:
     obj: RawObject
     spec: MappingSpec
     resolver: ResolverSpec
+    origin: int = -1  # index into compile_origination's origins: TLS to the upstream; -1: none
 
 
 def compile_mappings(objs: list[RawObject], module: ModuleSpec, resolvers: _Resolvers,
@@ -584,6 +592,153 @@ def _auth_guard(auth: list[RawObject]) -> str:
             "true; Mapping dropped so it is never served unauthenticated")
 
 
+# ---- TLS origination: a Mapping's service https:// or tls ----------------------------------
+
+NULL_CONTEXT = "no-cert-upstream"  # Emissary's IRTLSContext.null_context: TLS, no certificates, no checks
+UPSTREAM_ALPN = ("http/1.1",)  # what edge speaks to upstreams
+
+
+@dataclass(frozen=True)
+class _Origin:
+    """The client side of one TLS origination, before certificate indexes."""
+
+    name: str  # "TLSContext ns/name" or NULL_CONTEXT
+    tag: str  # what it adds to a cluster's name
+    cert: str | None = None  # the client certificate's Secret, "ns/name"
+    chain_pem: str = ""
+    key_pem: str = ""
+    ca: str | None = None  # the CA Secret that verifies the upstream, "ns/name"
+    ca_pem: str = ""
+    sni: str = ""
+    settings: TLSSettings = TLSSettings()
+
+
+def _find_context(contexts: dict, namespace: str, name: str):
+    """A TLSContext by name: the Mapping's namespace first, else the first namespace that has
+    one (Emissary's TLSContexts are named without a namespace)."""
+    found = contexts.get((namespace, name))
+    if found is not None:
+        return namespace, found
+    for (ns, n), value in sorted(contexts.items()):
+        if n == name:
+            return ns, value
+    return None, None
+
+
+def _context_origin(cobj: RawObject, cspec: TLSContextSpec, secrets: _Secrets) -> _Origin:
+    """The client side a TLSContext describes (Emissary's V3TLSContext in an Envoy
+    UpstreamTlsContext): `secret` is the client certificate, `ca_secret` the CA the
+    upstream's certificate must chain to. Invalid(field, message) when it cannot be used."""
+    cert = chain = key = None
+    if cspec.secret is not None:
+        ns, name = secret_ref(cspec.secret, cobj.namespace, cspec.secret_namespacing)
+        try:
+            chain, key = client_pair(secrets.material(ns, name))
+        except Invalid as exc:
+            raise Invalid("spec.secret", exc.message) from None
+        cert = f"{ns}/{name}"
+    ca, ca_pem = None, ""
+    if cspec.settings.ca_secret is not None:
+        ns, name = secret_ref(cspec.settings.ca_secret, cobj.namespace, cspec.secret_namespacing)
+        try:
+            ca_pem = ca_bundle(secrets.material(ns, name))
+        except Invalid as exc:
+            raise Invalid("spec.ca_secret", exc.message) from None
+        ca = f"{ns}/{name}"
+    return _Origin(f"TLSContext {cobj.namespace}/{cobj.name}", f"otls_{cobj.name}_{cobj.namespace}", cert,
+                   chain or "", key or "", ca, ca_pem, cspec.sni, cspec.settings)
+
+
+def compile_origination(mappings: list[_Mapping], tls: _TLS, diags: _Diags) -> tuple[list[_Mapping], list[_Origin]]:
+    """Which Mappings originate TLS and how (Emissary's ircluster.py): `service:
+    https://...` and `tls: true` with no certificates and no checks of the upstream (the
+    null context), `tls: <TLSContext>` with its secret, ca_secret, sni, versions, ciphers
+    and ALPN. A Mapping whose TLSContext is missing or cannot be used is dropped (Emissary
+    reports it and sends cleartext), so its traffic never leaves in the clear by mistake."""
+    out: list[_Mapping] = []
+    origins: list[_Origin] = []
+    index: dict[_Origin, int] = {}
+    used: set[tuple[str, str]] = set()
+    alpn_noted: set[tuple[str, str]] = set()
+    for m in mappings:
+        s = m.spec
+        if not s.originate_tls:
+            out.append(m)
+            continue
+        if s.tls_context is None:
+            origin = _Origin(NULL_CONTEXT, "otls")
+        else:
+            ns, found = _find_context(tls.contexts, m.obj.namespace, s.tls_context)
+            if found is None:
+                diags.add("error", m.obj, "spec.tls", f"TLSContext {s.tls_context} not found (none in any namespace); "
+                          "Mapping dropped so its traffic is never sent without the TLS it asks for")
+                continue
+            if isinstance(found, str):
+                diags.add("error", m.obj, "spec.tls", f"TLSContext {ns}/{s.tls_context} is invalid ({found}); "
+                          "Mapping dropped so its traffic is never sent without the TLS it asks for")
+                continue
+            cobj, cspec = found
+            try:
+                origin = _context_origin(cobj, cspec, tls.secrets)
+            except Invalid as exc:
+                diags.add("error", m.obj, "spec.tls", f"TLSContext {ns}/{s.tls_context} field {exc.field}: "
+                          f"{exc.message}; Mapping dropped so its traffic is never sent without the TLS it asks for")
+                continue
+            used.add((cobj.namespace, cobj.name))
+            extra = [p for p in cspec.settings.alpn_protocols if p not in UPSTREAM_ALPN]
+            if extra and (cobj.namespace, cobj.name) not in alpn_noted:
+                alpn_noted.add((cobj.namespace, cobj.name))
+                diags.add("notice", cobj, "spec.alpn_protocols", f"{', '.join(extra)} not offered to upstreams: edge "
+                          "speaks HTTP/1.1 to them, and offers http/1.1 alone")
+        if s.service.scheme == "http":
+            diags.add("warning", m.obj, "spec.tls", f"service {s.service_text!r} says http:// but tls asks for TLS: "
+                      "TLS is originated (Emissary reports the same and originates TLS)")
+        i = index.get(origin)
+        if i is None:
+            i = index[origin] = len(origins)
+            origins.append(origin)
+        out.append(replace(m, origin=i))
+    for key, found in sorted(tls.contexts.items()):
+        if not isinstance(found, str) and found[1].sni and key not in used:
+            diags.add("notice", found[0], "spec.sni", "sni is sent to an upstream only when a Mapping's tls names "
+                      "this TLSContext; none does")
+    return out, origins
+
+
+def finish_tls(tls: _TLS, origins: list[_Origin], clusters: list[Cluster]
+               ) -> tuple[tuple[Certificate, ...], tuple[ServerTLS, ...], tuple[ClientTLS, ...], list[Cluster]]:
+    """The table's certificates (termination's and origination's, one per Secret, sorted by
+    name), ServerTLS and ClientTLS entries with their indexes, and the clusters pointing at
+    their ClientTLS. Only origins a cluster uses are kept."""
+    used = sorted({c.tls for c in clusters if c.tls >= 0},
+                  key=lambda i: (origins[i].name, origins[i].sni, origins[i].cert or "", origins[i].ca or "",
+                                 repr(origins[i].settings)))
+    if not used:
+        return tls.certificates, tls.server_tls, (), clusters
+    certs = {c.name: (c.chain_pem, c.key_pem) for c in tls.certificates}
+    for i in used:
+        o = origins[i]
+        if o.cert is not None:
+            certs[o.cert] = (o.chain_pem, o.key_pem)  # the same Secret's tls.crt, now with its key
+        if o.ca is not None and o.ca not in certs:
+            certs[o.ca] = (o.ca_pem, "")
+    names = sorted(certs)
+    at = {n: i for i, n in enumerate(names)}
+    old = [c.name for c in tls.certificates]
+    server_tls = tuple(replace(st, certificate=at[old[st.certificate]],
+                               ca_certificate=at[old[st.ca_certificate]] if st.ca_certificate >= 0 else -1)
+                       for st in tls.server_tls)
+    client_tls = tuple(ClientTLS(
+        name=o.name, certificate=at[o.cert] if o.cert is not None else -1,
+        ca_certificate=at[o.ca] if o.ca is not None else -1, sni=o.sni,
+        alpn_protocols=o.settings.alpn_protocols, min_version=o.settings.min_version,
+        max_version=o.settings.max_version, cipher_suites=o.settings.cipher_suites,
+        ecdh_curves=o.settings.ecdh_curves) for o in (origins[i] for i in used))
+    final = {prov: i for i, prov in enumerate(used)}
+    clusters = [replace(c, tls=final[c.tls]) if c.tls >= 0 else c for c in clusters]
+    return tuple(Certificate(n, *certs[n]) for n in names), server_tls, client_tls, clusters
+
+
 def group_key(spec: MappingSpec) -> tuple:
     return (spec.path_kind, spec.prefix, spec.case_sensitive, spec.hostname, spec.host, spec.host_regex,
             spec.method, tuple(sorted(spec.headers, key=repr)), tuple(sorted(spec.query, key=repr)),
@@ -594,10 +749,13 @@ def _group_id(key: tuple) -> str:
     return hashlib.blake2b(repr(key).encode(), digest_size=8).hexdigest()
 
 
-def cluster_for(m: _Mapping, connect_timeout_ms: int) -> Cluster:
+def cluster_for(m: _Mapping, connect_timeout_ms: int, origin: _Origin | None = None) -> Cluster:
     """The Mapping's upstream. Its name is the service, plus whatever else makes it a
     different upstream: the namespace of an unqualified Kubernetes name, a resolver other
-    than the default, a connect timeout other than the default."""
+    than the default, a connect timeout other than the default, TLS (`otls`, and the
+    TLSContext's name and namespace), so a TLS cluster is never the cleartext one to the
+    same host and port. Its `tls` is the origin's index in compile_origination's list until
+    finish_tls sets the table's."""
     svc, resolver = m.spec.service, m.resolver
     static = svc.is_ip and resolver.discovery != CONSUL
     name = f"cluster_{svc.host}_{svc.port_name or svc.port}"
@@ -608,10 +766,12 @@ def cluster_for(m: _Mapping, connect_timeout_ms: int) -> Cluster:
         name += f"_{resolver.name}"
     if connect_timeout_ms != DEFAULT_CONNECT_TIMEOUT_MS:
         name += f"_ct{connect_timeout_ms}"
-    return Cluster(name.replace(".", "_").replace(":", "_"), m.spec.service_text, svc.host, svc.port,
-                   connect_timeout_ms, (Endpoint(svc.host, svc.port),) if static else (),
+    if origin is not None:
+        name += f"_{origin.tag}"
+    return Cluster(name.replace(".", "_").replace(":", "_"), m.spec.service_text, svc.host,
+                   svc.port, connect_timeout_ms, (Endpoint(svc.host, svc.port),) if static else (),
                    "static" if static else resolver.discovery, namespace, svc.port_name,
-                   resolver.address, resolver.datacenter)
+                   resolver.address, resolver.datacenter, m.origin if origin is not None else -1)
 
 
 def canary_weights(weights: list[int | None]) -> list[int] | None:
@@ -656,7 +816,8 @@ def _linkerd(m: _Mapping, module: ModuleSpec) -> tuple[HeaderOp, ...]:
     return (HeaderOp("l5d-dst-override", f"{host}:{port}", False),)
 
 
-def build_routes(mappings: list[_Mapping], module: ModuleSpec, diags: _Diags) -> tuple[list[tuple[Route, list[_Mapping]]], list[Cluster]]:
+def build_routes(mappings: list[_Mapping], module: ModuleSpec, diags: _Diags, origins: list[_Origin] = ()
+                 ) -> tuple[list[tuple[Route, list[_Mapping]]], list[Cluster]]:
     groups: dict[tuple, list[_Mapping]] = defaultdict(list)
     for m in mappings:
         groups[group_key(m.spec)].append(m)
@@ -676,7 +837,8 @@ def build_routes(mappings: list[_Mapping], module: ModuleSpec, diags: _Diags) ->
         targets = []
         for m, weight in zip(members, cumulative):
             s = m.spec
-            cluster = cluster_for(m, s.connect_timeout_ms or DEFAULT_CONNECT_TIMEOUT_MS)
+            cluster = cluster_for(m, s.connect_timeout_ms or DEFAULT_CONNECT_TIMEOUT_MS,
+                                  origins[m.origin] if m.origin >= 0 else None)
             name = cluster.name
             clusters.setdefault(name, cluster)
             targets.append(Target(
