@@ -67,7 +67,7 @@ SCENARIOS = {
                           "/bench/", 50, TLS, baseline="nginx-tls"),
     "tls_handshake": Scenario("small GET, a new TLS connection (a full handshake) per request, 50 at a time "
                               "(TLS 1.3, ECDSA P-256; wrk would resume from tickets: nginx has no session "
-                              "cache or tickets, edge no tickets, as it has no resumption across workers yet)",
+                              "cache or tickets, edge none either (NumTickets 0), though its workers share ticket keys)",
                               "/bench/", 50, TLS, baseline="nginx-tls", close=True, unit="handshakes/s"),
     "h2_streams": Scenario("small GET over HTTP/2 (h2 by ALPN, TLS 1.3, ECDSA P-256), 4 connections with "
                            "100 concurrent streams each (h2load)", "/bench/", 4, H2, baseline="nginx-h2",

@@ -21,6 +21,7 @@ connection; `phase` says what to answer when it fires.
 from __future__ import annotations
 
 import logging
+import random
 import socket
 import time
 
@@ -260,7 +261,7 @@ class ClientConnection(Exchange):
         state.requests += 1
         self.router = router = state.router  # the request's table, kept until its response ends
         self.req = req
-        decided = plan(router, self.port, self.peer, req, self.plan, scheme=self.scheme, client_cert=self.client_cert)
+        decided = plan(router, self.port, self.peer, req, self.plan, random.random, self.scheme, self.client_cert)
         if type(decided) is LocalReply:
             if decided.close and decided.status < 500:
                 state.client_errors += 1  # a malformed request

@@ -56,6 +56,7 @@ class LocalReply(NamedTuple):
 
 
 NOT_FOUND = LocalReply(404)
+_new_plan = tuple.__new__  # a Plan without the Python frame of NamedTuple.__new__ (one per request)
 UPGRADE_UNSUPPORTED = LocalReply(501, b"protocol upgrades are not supported yet", close=True)
 
 
@@ -115,8 +116,8 @@ def plan(router: Router, port: int, peer: str, req: Request, prior: Plan | None 
     if router.xfcc is not None:
         cert, by = client_cert() if client_cert is not None else (None, "")
         headers = router.xfcc.headers(headers, cert, by)
-    return Plan(route, target, router.clusters[t.cluster], listener, new_path, query, original,
-                trust_xff, headers, limits, router)
+    return _new_plan(Plan, (route, target, router.clusters[t.cluster], listener, new_path, query, original,
+                            trust_xff, headers, limits, router))
 
 
 ACME_CHALLENGE = "/.well-known/acme-challenge/"

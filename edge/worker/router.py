@@ -268,7 +268,7 @@ class Router:
         new.table = table
         new.generation = generation
         new.clusters = {c.name: c for c in table.clusters}
-        if (table.certificates, table.server_tls) != self.tls.key:
+        if (table.certificates, table.server_tls, table.client_tls) != self.tls.key:  # built here, in the loader thread
             new.tls = ServerContexts(table, self.tls)
         return new
 

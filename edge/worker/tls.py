@@ -145,7 +145,7 @@ class ServerContexts:
     """
 
     def __init__(self, table: RouteTable, previous: ServerContexts | None = None):
-        self.key = (table.certificates, table.server_tls)
+        self.key = (table.certificates, table.server_tls, table.client_tls)
         old = previous.by_entry if previous is not None else {}
         self.by_entry: dict[tuple, ssl.SSLContext] = {}
         self.exact: dict[str, ssl.SSLContext] = {}
