@@ -39,8 +39,8 @@ from edge.worker.proto.h1 import (
 )
 from edge.worker.exchange import HEAD, IDLE, Exchange
 from edge.worker.h2conn import H2Connection
-from edge.worker.heads import request_head, response_head
-from edge.worker.plan import LocalReply, Plan, plan
+from edge.worker.heads import response_head
+from edge.worker.plan import Plan, plan
 from edge.worker.reactor import HUP_EVENTS, READ_EVENTS, WRITE_EVENTS, flush_kept, send_or_keep
 from edge.worker.state import READ_SIZE, WorkerState
 from edge.worker.tls import client_cert_of
@@ -56,7 +56,7 @@ CHUNKED = b"transfer-encoding: chunked\r\n"
 class ClientConnection(Exchange):
     scheme = b"http"  # X-Forwarded-Proto, when the client's is not trusted
 
-    __slots__ = ("sock", "fd", "peer", "port", "parser", "readable", "hup", "closing", "busy",
+    __slots__ = ("sock", "fd", "port", "parser", "readable", "hup", "closing", "busy",
                  # the response being relayed
                  "to_chunked", "close_client")
 
@@ -261,31 +261,8 @@ class ClientConnection(Exchange):
         state.requests += 1
         self.router = router = state.router  # the request's table, kept until its response ends
         self.req = req
-        decided = plan(router, self.port, self.peer, req, self.plan, random.random, self.scheme, self.client_cert)
-        if type(decided) is LocalReply:
-            if decided.close and decided.status < 500:
-                state.client_errors += 1  # a malformed request
-            self._local(decided.status, decided.body, decided.close or not req.keep_alive or req.has_body,
-                        decided.extra, decided.content_type)
-            return
-        self.plan = decided
-        self.head = request_head(
-            req.method, decided.path, decided.query, decided.headers, connection=req.connection, client_ip=self.peer,
-            xfp=self.scheme, trust_xff=decided.trust_xff, original_path=decided.original_path,
-            rules=decided.target.headers, suppress_envoy=router.settings.suppress_envoy_headers,
-            chunked=req.chunked, content_length=req.content_length)
-        self.extra_response = b""
-        limits = decided.limits
-        if limits and state.limits is not None:
-            limiter = state.limits
-            if not limiter.synchronous:
-                limiter.decide(limits, self._limits_decided)  # answers when Redis has
-                return
-            refusal, inject = limiter.check(limits)  # shared memory: now
-            if refusal is not None or inject:
-                self._limits_decided(refusal, inject)
-                return
-        self._go()
+        self._planned(plan(router, self.port, self.peer, req, self.plan, random.random, self.scheme, self.client_cert),
+                      self.scheme)
 
     # ---- the response --------------------------------------------------------------------
 

@@ -33,6 +33,8 @@ import ssl
 import time
 
 from edge.ratelimit import responses as ratelimit_responses
+from edge.worker.heads import request_head
+from edge.worker.plan import LocalReply
 from edge.worker.proto.h1 import UpstreamError
 from edge.worker.reactor import HUP_EVENTS, READ_EVENTS, WRITE_EVENTS, Handler
 from edge.worker.state import READ_SIZE
@@ -47,7 +49,7 @@ EXCHANGE = 3  # the upstream's answer (timeout_ms, idle_timeout_ms): 504
 
 class Exchange(Handler):
     __slots__ = (
-        "state", "reactor", "router", "phase", "out",
+        "state", "reactor", "router", "peer", "phase", "out",
         "req", "plan", "endpoint", "head", "attempts", "up", "head_sent", "request_sent",
         "response_started", "request_deadline", "idle_s", "sent_at", "extra_response", "keep_upstream",
     )
@@ -87,6 +89,36 @@ class Exchange(Handler):
                 up.hup = True
             if not self.out:
                 self._read_upstream()
+
+    def _planned(self, decided, scheme: bytes) -> None:
+        """Go on with what plan() decided for `self.req`: a LocalReply is answered here;
+        a Plan gets its upstream head, then the rate limiter's answer, then the upstream."""
+        state = self.state
+        req = self.req
+        if type(decided) is LocalReply:
+            if decided.close and decided.status < 500:
+                state.client_errors += 1  # a malformed request
+            self._local(decided.status, decided.body, decided.close or not req.keep_alive or req.has_body,
+                        decided.extra, decided.content_type)
+            return
+        self.plan = decided
+        self.head = request_head(
+            req.method, decided.path, decided.query, decided.headers, connection=req.connection, client_ip=self.peer,
+            xfp=scheme, trust_xff=decided.trust_xff, original_path=decided.original_path,
+            rules=decided.target.headers, suppress_envoy=self.router.settings.suppress_envoy_headers,
+            chunked=req.chunked, content_length=req.content_length)
+        self.extra_response = b""
+        limits = decided.limits
+        if limits and state.limits is not None:
+            limiter = state.limits
+            if not limiter.synchronous:
+                limiter.decide(limits, self._limits_decided)  # answers when Redis has
+                return
+            refusal, inject = limiter.check(limits)  # shared memory: now
+            if refusal is not None or inject:
+                self._limits_decided(refusal, inject)
+                return
+        self._go()
 
     def _go(self) -> None:
         t = self.plan.target.target

@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import time
 
 from edge.worker.exchange import Exchange
-from edge.worker.heads import request_head
-from edge.worker.plan import LocalReply, plan
+from edge.worker.plan import plan
 from edge.worker.proto.h1 import Body, End, Response, chunk, last_chunk
 from edge.worker.proto.h2codec import (
     Data,
@@ -294,7 +294,7 @@ class H2Connection(Handler):
 class H2Stream(Exchange):
     """One request stream, proxied to an HTTP/1 upstream."""
 
-    __slots__ = ("conn", "codec", "sid", "peer", "pending", "unacked", "client_done", "ended")
+    __slots__ = ("conn", "codec", "sid", "pending", "unacked", "client_done", "ended")
 
     def __init__(self, conn: H2Connection, sid: int):
         super().__init__()
@@ -327,32 +327,9 @@ class H2Stream(Exchange):
             self._local(400, b"malformed HTTP/2 request", close=True)
             return
         self.req = req
-        router = self.router
-        decided = plan(router, self.conn.port, self.peer, req, scheme=self.conn.scheme,
-                       client_cert=self.conn.client_cert)
-        if type(decided) is LocalReply:
-            if decided.close and decided.status < 500:
-                state.client_errors += 1
-            self._local(decided.status, decided.body, False, decided.extra, decided.content_type)
-            return
-        self.plan = decided
-        self.head = request_head(
-            req.method, decided.path, decided.query, decided.headers, connection=req.connection, client_ip=self.peer,
-            xfp=self.conn.scheme, trust_xff=decided.trust_xff, original_path=decided.original_path,
-            rules=decided.target.headers, suppress_envoy=router.settings.suppress_envoy_headers,
-            chunked=req.chunked, content_length=req.content_length)
-        self.extra_response = b""
-        limits = decided.limits
-        if limits and state.limits is not None:
-            limiter = state.limits
-            if not limiter.synchronous:
-                limiter.decide(limits, self._limits_decided)
-                return
-            refusal, inject = limiter.check(limits)
-            if refusal is not None or inject:
-                self._limits_decided(refusal, inject)
-                return
-        self._go()
+        conn = self.conn
+        self._planned(plan(self.router, conn.port, self.peer, req, None, random.random, conn.scheme, conn.client_cert),
+                      conn.scheme)
 
     def body(self, data: bytes, end_stream: bool) -> None:
         """Request body from the client (acknowledged once the upstream took it)."""
