@@ -1,5 +1,5 @@
 # cython: language_level=3
-"""HTTP/2 server codec, sans-IO: bytes in, events out, bytes to send (nghttp2 underneath).
+"""HTTP/2 codec, sans-IO: bytes in, events out, bytes to send (nghttp2 underneath).
 
 One `H2Codec` per client connection. `feed(data)` appends events to `events` (a deque the
 driver pops from the left); `respond`, `send_data`, `end_stream`, `reset`, `consume`,
@@ -38,6 +38,16 @@ a backstop that never fires first). An empty bucket: GOAWAY(ENHANCE_YOUR_CALM) a
 H2Error(11, "rapid reset"). A legitimate client cancelling a whole page of streams twice in a
 row stays under it; HEADERS+RST_STREAM in a loop trips it in one read.
 
+Client mode (H2ClientCodec, HTTP/2 to upstreams for gRPC): the same machinery the other way
+round. request() opens a stream and send_data()/end_stream() carry its body through the
+same data provider (Drained when a stream's queued request bytes were all framed); events
+are ResponseHeaders (1xx heads dropped), Data, Trailers, StreamReset, StreamClosed (code 7,
+REFUSED_STREAM, for streams a GOAWAY says were never processed) and GoAwayReceived. The
+server's rules about the peer's stream ids and the rapid-reset limiter do not apply (we
+open the streams, and resets of our own streams are the upstream's answers); the flood
+limits, the header-list limit (a response head over it resets that stream) and nghttp2's
+message validation do.
+
 Flow control: automatic WINDOW_UPDATE is off. Every Data byte the driver has forwarded
 upstream is given back with consume(stream_id, n): that is the backpressure. Bytes of a
 stream still unconsumed when it closes are given back to the connection window by the
@@ -68,6 +78,11 @@ cdef bytes STATUS_431 = b"431"
 cdef bytes EMPTY_SETTINGS = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
 
 
+class StreamRefused(Exception):
+    """Client mode: the connection can open no new stream (the peer's GOAWAY, stream ids
+    used up, or the connection is dead): open another connection."""
+
+
 class H2Error(Exception):
     """A connection error: GOAWAY is already queued (data_to_send()), then close."""
 
@@ -88,6 +103,17 @@ cdef class _Event:
 
 cdef class RequestHeaders(_Event):
     """The request's header block: headers in wire order, pseudo-headers included, names lower-case."""
+    _fields = ("stream_id", "headers", "end_stream")
+    cdef readonly object stream_id
+    cdef readonly list headers
+    cdef readonly object end_stream
+
+    def __init__(self, stream_id, headers, end_stream):
+        self.stream_id, self.headers, self.end_stream = stream_id, headers, end_stream
+
+
+cdef class ResponseHeaders(_Event):
+    """Client mode: the final response head of a stream ([(name, value)] bytes, :status first)."""
     _fields = ("stream_id", "headers", "end_stream")
     cdef readonly object stream_id
     cdef readonly list headers
@@ -251,6 +277,7 @@ cdef class H2Codec:
     cdef double _all_tokens, _all_at
     cdef Py_ssize_t _n_streams, _n_rst_received, _n_rst_premature, _n_rst_sent, _n_header_overflow
     cdef Py_ssize_t _n_invalid, _n_goaway_received, _n_flood, _n_rapid_reset, _n_refused_data
+    cdef bint _client  # H2ClientCodec: we open the streams, the peer answers them
     cdef int32_t _max_sid  # the highest stream id a client HEADERS frame opened
     cdef list _gaps  # [(low, high)]: odd ids skipped below it, which never opened (bounded)
 
@@ -423,8 +450,8 @@ cdef class H2Codec:
         cdef _Stream st = self._live(stream_id)
         if st is None or st.finished or st.ending:
             return
-        if not st.answered:
-            raise ValueError(f"stream {stream_id}: end_stream before respond")
+        if not st.provider:
+            raise ValueError(f"stream {stream_id}: end_stream with no body under way (before respond?)")
         st.ending = True
         st.trailers = trailers or None
         self._resume(st)
@@ -618,7 +645,7 @@ cdef class H2Codec:
         which errs towards nghttp2's leniency). A used id (trailers after a reset) stays
         nghttp2's to handle."""
         cdef int32_t sid = hd.stream_id
-        if hd.type != ng.NGHTTP2_HEADERS or not sid & 1:
+        if hd.type != ng.NGHTTP2_HEADERS or not sid & 1 or self._client:
             return 0
         if sid > self._max_sid:
             if sid > self._max_sid + 2:
@@ -709,6 +736,8 @@ cdef class H2Codec:
             st = _stream_of(self._session, sid)
             if st is None:
                 self._release_headers()
+            elif self._client:
+                self._response_headers(st, frame)
             elif frame.headers.cat == ng.NGHTTP2_HCAT_REQUEST:
                 if self._hdr_overflow:
                     self._refuse(st, frame)
@@ -736,6 +765,25 @@ cdef class H2Codec:
             self._push(ga)
         return 0
 
+    cdef int _response_headers(self, _Stream st, const ng.nghttp2_frame *frame) except -1:
+        """Client mode: the final response head (1xx heads are dropped), then trailers."""
+        cdef ResponseHeaders resp
+        cdef Trailers tr
+        cdef list headers = self._take_headers()
+        if not st.answered:
+            if headers and (<bytes>(<tuple>headers[0])[1])[:1] == b"1":
+                return 0  # informational: nghttp2 checked it has no END_STREAM
+            st.answered = True
+            resp = ResponseHeaders.__new__(ResponseHeaders)
+            resp.stream_id, resp.headers = st.sid, headers
+            resp.end_stream = (frame.hd.flags & ng.NGHTTP2_FLAG_END_STREAM) != 0
+            self._push(resp)
+        else:
+            tr = Trailers.__new__(Trailers)
+            tr.stream_id, tr.headers = st.sid, headers
+            self._push(tr)
+        return 0
+
     cdef int _refuse(self, _Stream st, const ng.nghttp2_frame *frame) except -1:
         """A request over max_header_list_size: 431, then RST_STREAM(NO_ERROR) once the
         response is out if the request goes on (see _frame_send)."""
@@ -753,12 +801,14 @@ cdef class H2Codec:
         cdef StreamReset ev
         cdef double now = _now()
         self._n_rst_received += 1
-        if not _take_token(&self._all_tokens, &self._all_at, ALL_RESET_BURST, ALL_RESET_RATE, now):
+        if self._client:
+            pass  # resets of our own requests: no limiter
+        elif not _take_token(&self._all_tokens, &self._all_at, ALL_RESET_BURST, ALL_RESET_RATE, now):
             self._n_rapid_reset = 1
             return self._connection_error(ng.NGHTTP2_ENHANCE_YOUR_CALM, "rapid reset")
         if st is None:
             return 0
-        if not st.answered:
+        if not st.answered and not self._client:
             self._n_rst_premature += 1
             if not _take_token(&self._pre_tokens, &self._pre_at, self._pre_burst, self._pre_rate, now):
                 self._n_rapid_reset = 1
@@ -879,6 +929,115 @@ cdef class H2Codec:
                 st.deferred = True
                 return ng.NGHTTP2_ERR_DEFERRED
         return n
+
+
+cdef class H2ClientCodec(H2Codec):
+    """The client side of one HTTP/2 connection to an upstream (see "Client mode" in the
+    module docstring). The connection preface and our SETTINGS are queued at creation.
+
+    request() opens a stream; send_data/end_stream/reset/consume/buffered/goaway/feed/
+    data_to_send are the server's, applied to the request side. Events: ResponseHeaders
+    (the final response head; 1xx heads are dropped), Data, Trailers (the stream's end),
+    StreamReset (the peer's RST_STREAM), StreamClosed (with the error code: 7,
+    REFUSED_STREAM, for streams above a GOAWAY's last stream id, which the peer never
+    processed), Drained (the request bytes buffered for a stream were all framed) and
+    GoAwayReceived. A peer's connection error raises H2Error from feed() with GOAWAY
+    queued; a response head over max_header_list_size resets that stream alone."""
+
+    def __init__(self, *, int initial_window_size=65535, int max_header_list_size=65536,
+                 int max_concurrent_streams=100, Py_ssize_t max_outbound_ack=1000, Py_ssize_t max_settings=32):
+        cdef ng.nghttp2_option *opt
+        cdef ng.nghttp2_settings_entry iv[4]
+        if self._session != NULL:
+            raise RuntimeError("H2ClientCodec.__init__ called twice")
+        if max_header_list_size < 1 or max_outbound_ack < 1 or max_settings < 1 or max_concurrent_streams < 0:
+            raise ValueError("limits must be positive")
+        if not 0 <= initial_window_size <= 2147483647:
+            raise ValueError("initial_window_size out of range")
+        self._client = True
+        self.events = deque()
+        self._push = self.events.append
+        self._streams = {}
+        self._gaps = []
+        self._max_header_list = max_header_list_size
+        self._out_limit = max(65536, 32 * max_outbound_ack)
+        self._preface_sent = True  # a GOAWAY of our own needs no server preface before it
+        if ng.nghttp2_option_new(&opt) != 0:
+            raise MemoryError()
+        ng.nghttp2_option_set_no_auto_window_update(opt, 1)
+        ng.nghttp2_option_set_max_outbound_ack(opt, max_outbound_ack)
+        ng.nghttp2_option_set_max_settings(opt, max_settings)
+        rv = ng.nghttp2_session_client_new2(&self._session, _CALLBACKS, <void *>self, opt)
+        ng.nghttp2_option_del(opt)
+        if rv != 0:
+            self._session = NULL
+            raise MemoryError()
+        iv[0].settings_id = ng.NGHTTP2_SETTINGS_ENABLE_PUSH
+        iv[0].value = 0
+        iv[1].settings_id = ng.NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE
+        iv[1].value = initial_window_size
+        iv[2].settings_id = ng.NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE
+        iv[2].value = max_header_list_size
+        iv[3].settings_id = ng.NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS
+        iv[3].value = max_concurrent_streams  # streams the peer may push: none, as push is off
+        rv = ng.nghttp2_submit_settings(self._session, ng.NGHTTP2_FLAG_NONE, iv, 4)
+        if rv != 0:
+            raise ValueError(f"SETTINGS refused by nghttp2: {ng.nghttp2_strerror(rv).decode()}")
+        if initial_window_size > 65535:
+            ng.nghttp2_session_set_local_window_size(self._session, ng.NGHTTP2_FLAG_NONE, 0, initial_window_size)
+
+    def request(self, list headers, bint end_stream) -> int:
+        """Open a stream with the request head ([(name, value)] bytes, lower-case names, the
+        pseudo-headers first); with end_stream False the body follows through send_data()
+        and end_stream(). Returns the stream id. Raises StreamRefused when no stream can be
+        opened on this connection."""
+        cdef ng.nghttp2_nv stack[STACK_NV]
+        cdef ng.nghttp2_nv *nva = stack
+        cdef ng.nghttp2_data_provider prd
+        cdef Py_ssize_t n = len(headers)
+        cdef int32_t sid
+        cdef _Stream st
+        if self._dead or self._failed:
+            raise StreamRefused("the connection failed")
+        if ng.nghttp2_session_check_request_allowed(self._session) == 0:
+            raise StreamRefused("the upstream sent GOAWAY, or stream ids are used up")
+        st = _Stream.__new__(_Stream)
+        st.announced = True
+        st.provider = not end_stream
+        st.finished = end_stream
+        if n > STACK_NV:
+            nva = <ng.nghttp2_nv *>malloc(n * sizeof(ng.nghttp2_nv))
+            if nva == NULL:
+                raise MemoryError()
+        try:
+            _fill_nva(headers, nva)
+            if end_stream:
+                sid = ng.nghttp2_submit_request(self._session, NULL, nva, n, NULL, <void *>st)
+            else:
+                prd.source.ptr = <void *>st
+                prd.read_callback = _read_callback
+                sid = ng.nghttp2_submit_request(self._session, NULL, nva, n, &prd, <void *>st)
+        finally:
+            if nva != stack:
+                free(nva)
+        if sid < 0:
+            raise StreamRefused(ng.nghttp2_strerror(sid).decode())
+        st.sid = sid
+        self._streams[sid] = st
+        self._n_streams += 1
+        return sid
+
+    def remote_max_concurrent_streams(self) -> int:
+        """The peer's SETTINGS_MAX_CONCURRENT_STREAMS (before its SETTINGS came: nghttp2's
+        assumption, 100)."""
+        if self._dead:
+            return 0
+        return ng.nghttp2_session_get_remote_settings(self._session, ng.NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS)
+
+    def can_open(self) -> bool:
+        """Whether request() may open one more stream now."""
+        return (not self._dead and not self._failed and ng.nghttp2_session_check_request_allowed(self._session) != 0
+                and len(self._streams) < self.remote_max_concurrent_streams())
 
 
 # ---- nghttp2's callbacks: C functions handing over to the codec, keeping its exception --

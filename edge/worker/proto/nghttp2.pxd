@@ -177,6 +177,8 @@ cdef extern from "nghttp2/nghttp2.h":
 
     int nghttp2_session_server_new2(nghttp2_session **session_ptr, const nghttp2_session_callbacks *callbacks,
                                     void *user_data, const nghttp2_option *option)
+    int nghttp2_session_client_new2(nghttp2_session **session_ptr, const nghttp2_session_callbacks *callbacks,
+                                    void *user_data, const nghttp2_option *option)
     void nghttp2_session_del(nghttp2_session *session)
     ssize_t nghttp2_session_mem_recv(nghttp2_session *session, const uint8_t *data, size_t inlen)
     ssize_t nghttp2_session_mem_send(nghttp2_session *session, const uint8_t **data_ptr)
@@ -186,6 +188,8 @@ cdef extern from "nghttp2/nghttp2.h":
     int nghttp2_session_consume(nghttp2_session *session, int32_t stream_id, size_t size)
     int nghttp2_session_consume_connection(nghttp2_session *session, size_t size)
     int32_t nghttp2_session_get_last_proc_stream_id(nghttp2_session *session)
+    uint32_t nghttp2_session_get_remote_settings(nghttp2_session *session, int id)
+    int nghttp2_session_check_request_allowed(nghttp2_session *session)
     size_t nghttp2_session_get_outbound_queue_size(nghttp2_session *session)
     int nghttp2_session_set_stream_user_data(nghttp2_session *session, int32_t stream_id, void *stream_user_data)
     void *nghttp2_session_get_stream_user_data(nghttp2_session *session, int32_t stream_id)
@@ -199,6 +203,9 @@ cdef extern from "nghttp2/nghttp2.h":
                                 const nghttp2_data_provider *data_prd)
     int32_t nghttp2_submit_headers(nghttp2_session *session, uint8_t flags, int32_t stream_id,
                                    const nghttp2_priority_spec *pri_spec, const nghttp2_nv *nva, size_t nvlen,
+                                   void *stream_user_data)
+    int32_t nghttp2_submit_request(nghttp2_session *session, const nghttp2_priority_spec *pri_spec,
+                                   const nghttp2_nv *nva, size_t nvlen, const nghttp2_data_provider *data_prd,
                                    void *stream_user_data)
     int nghttp2_submit_trailer(nghttp2_session *session, int32_t stream_id, const nghttp2_nv *nva, size_t nvlen)
     int nghttp2_submit_rst_stream(nghttp2_session *session, uint8_t flags, int32_t stream_id, uint32_t error_code)
