@@ -26,7 +26,7 @@ import os
 import shutil
 import tempfile
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from bench import h2load, report, targets, tlsbench, wrk
@@ -116,7 +116,14 @@ def main() -> None:
     ap.add_argument("--duration", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--workers", type=int, default=os.cpu_count(), help="workers of edge-N")
+    ap.add_argument("--against", metavar="REV", help="also run REV's edge with 1 worker (edge-1@REV) in the "
+                    "scenarios that run edge-1: a before/after in the same run, ratios to the same nginx")
     args = ap.parse_args()
+    if args.against:
+        for name, s in list(SCENARIOS.items()):
+            if "edge-1" in s.targets:
+                at = s.targets.index("edge-1") + 1
+                SCENARIOS[name] = replace(s, targets=(*s.targets[:at], f"edge-1@{args.against}", *s.targets[at:]))
     targets.require("wrk", "nginx", "haproxy")
     chosen = args.scenario or list(SCENARIOS)
     if any(SCENARIOS[name].streams for name in chosen):
@@ -126,6 +133,7 @@ def main() -> None:
     cert = tlsbench.self_signed(work) if needed & {*TLS, *H2} else None
     up = targets.upstream(work)
     running: dict[str, targets.Target] = {}
+    before = targets.checkout(work, args.against) if args.against else None
     try:
         starters = {
             "nginx": lambda: targets.nginx(work, up.port),
@@ -136,6 +144,8 @@ def main() -> None:
             "edge-1-10k": lambda: targets.edge(work, "edge-1-10k", up.port, workers=1, mappings=10_000),
             "edge-1-ratelimit": lambda: targets.edge(work, "edge-1-ratelimit", up.port, workers=1, mappings=10,
                                                      rate_limited=True),
+            **({f"edge-1@{args.against}": lambda: targets.edge(work, "edge-1-before", up.port, workers=1, mappings=10,
+                                                                 tree=before)} if before else {}),
             "nginx-tls": lambda: targets.nginx_tls(work, up.port, cert),
             "nginx-h2": lambda: targets.nginx_tls(work, up.port, cert, http2=True),
             "edge-1-tls": lambda: targets.edge(work, "edge-1-tls", up.port, workers=1, mappings=10, cert=cert),
@@ -188,6 +198,8 @@ def main() -> None:
     finally:
         for t in [*running.values(), up]:
             t.stop()
+        if before is not None:
+            targets.drop_checkout(before)
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -243,23 +243,43 @@ spec: {{prefix: "{prefix}", rewrite: "", service: "127.0.0.1:{up}"{labels}}}
 
 
 def edge(work: Path, name: str, up: int, workers: int, mappings: int = 1, rate_limited: bool = False,
-         cert: Certificate | None = None) -> Target:
+         cert: Certificate | None = None, tree: Path = ROOT) -> Target:
+    """`tree`: the checkout whose edge runs (another revision's, for a before/after in one run)."""
     port = free_port()
     edge_config(work / name, port, up, mappings, rate_limited, cert)
     # over TLS, no session tickets (bench.tlsbench.NO_TICKETS): nothing resumes, as with nginx_tls
     return edge_serving(work / name, name, port, workers, tls=cert is not None,
-                        env=no_tickets_env(work) if cert else None)
+                        env=no_tickets_env(work) if cert else None, tree=tree)
 
 
 def edge_serving(directory: Path, name: str, port: int, workers: int, tls: bool = False,
-                 env: dict[str, str] | None = None) -> Target:
+                 env: dict[str, str] | None = None, tree: Path = ROOT) -> Target:
     """`edge serve` on a configuration directory whose Listener is on `port`; the admin
-    port is in `target.admin`; `tls`: that Listener is HTTPS; `env`: added to the environment."""
+    port is in `target.admin`; `tls`: that Listener is HTTPS; `env`: added to the environment;
+    `tree`: the checkout whose `edge` package runs."""
     admin = free_port()
+    environ = {**os.environ, **(env or {})}
+    if tree != ROOT:
+        environ["PYTHONPATH"] = str(tree)  # ahead of the editable install of this checkout
     proc = subprocess.Popen([sys.executable, "-m", "edge", "serve", "-c", str(directory), "--workers", str(workers),
-                             "--admin-addr", f"127.0.0.1:{admin}", "--log-level", "WARNING"], cwd=ROOT,
-                            env={**os.environ, **env} if env else None)
+                             "--admin-addr", f"127.0.0.1:{admin}", "--log-level", "WARNING"], cwd=tree, env=environ)
     return Target(name, port, [proc], admin, tls)
+
+
+def checkout(work: Path, rev: str) -> Path:
+    """A worktree of this repository at `rev` with its compiled modules built in place, for
+    running that revision's edge beside this one. Raises SystemExit if git or the build fails."""
+    tree = work / f"rev-{rev}"
+    for cmd in (["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), rev],
+                [sys.executable, "setup.py", "-q", "build_ext", "--inplace"]):
+        done = subprocess.run(cmd, cwd=tree if cmd[0] == sys.executable else ROOT, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
+    return tree
+
+
+def drop_checkout(tree: Path) -> None:
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], capture_output=True)
 
 
 def require(*tools: str, hint: str = "run `make bench`, which installs them") -> None:
