@@ -52,6 +52,7 @@ class Cluster:
     consul_address: str = ""  # Consul agent HOST:PORT
     datacenter: str = ""
     tls: int = -1  # index into RouteTable.client_tls: TLS to the endpoints; -1: cleartext
+    http2: bool = False  # HTTP/2 to the endpoints (a Mapping's `grpc: true`): h2c, or h2 over TLS
 
 
 @dataclass(frozen=True)
@@ -239,6 +240,7 @@ class Settings:
     forward_client_cert_details: str = "SANITIZE"
     # what APPEND_FORWARD / SANITIZE_SET add besides Hash: any of cert, chain, dns, subject, uri
     set_current_client_cert_details: tuple[str, ...] = ()
+    grpc_web: bool = False  # enable_grpc_web: gRPC-Web requests are translated to gRPC for HTTP/2 upstreams
 
 
 @dataclass(frozen=True)

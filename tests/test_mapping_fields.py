@@ -26,7 +26,7 @@ EMISSARY_V3ALPHA1_MAPPING = [
     ("auto_host_rewrite", HONOURED), ("case_sensitive", HONOURED), ("dns_type", WARN),
     ("docs", WARN), ("enable_ipv4", WARN), ("enable_ipv6", WARN), ("circuit_breakers", DROP),
     ("keepalive", WARN), ("cors", DROP), ("retry_policy", DROP), ("respect_dns_ttl", WARN),
-    ("grpc", DROP), ("host_redirect", DROP), ("host_rewrite", HONOURED), ("method", HONOURED),
+    ("grpc", HONOURED), ("host_redirect", DROP), ("host_rewrite", HONOURED), ("method", HONOURED),
     ("method_regex", DROP), ("outlier_detection", WARN), ("path_redirect", DROP),
     ("prefix_redirect", DROP), ("regex_redirect", DROP), ("redirect_response_code", DROP),
     ("priority", WARN), ("precedence", HONOURED), ("cluster_tag", WARN),
@@ -81,7 +81,7 @@ def _module(**config) -> RawObject:
 ON = {
     "shadow": True, "host_redirect": True, "path_redirect": "/x", "prefix_redirect": "/x",
     "regex_redirect": {"pattern": "a", "substitution": "b"}, "redirect_response_code": 302,
-    "method_regex": True, "allow_upgrade": ["websocket"], "use_websocket": True, "grpc": True,
+    "method_regex": True, "allow_upgrade": ["websocket"], "use_websocket": True,
     "cors": {"origins": ["*"]},
     "rate_limits": [{"descriptor": "a"}], "envoy_override": {"a": 1},
     "load_balancer": {"policy": "ring_hash", "header": "x-user"}, "v2BoolHeaders": ["x-a"],

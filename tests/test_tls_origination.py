@@ -215,7 +215,7 @@ def test_termination_and_origination_share_the_certificates_with_the_right_index
 
 def test_alpn_protocols_edge_does_not_speak_upstream_are_noted(certs):
     table, diags = compile([context("c", alpn_protocols="h2,http/1.1"), mapping("m", "10.0.0.1", tls="c")])
-    assert client_of(table, "m").alpn_protocols == ("h2", "http/1.1")  # the worker offers http/1.1 of them
+    assert client_of(table, "m").alpn_protocols == ("http/1.1",)  # what edge speaks to an HTTP/1 upstream
     assert ("notice", "TLSContext", "spec.alpn_protocols") in [(d.severity, d.kind, d.field) for d in diags]
 
 

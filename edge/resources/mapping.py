@@ -81,8 +81,7 @@ FIELDS: dict[str, FieldRule] = {
                           "is not matched as a literal string"),
     "allow_upgrade": _drop(_UPGRADE),
     "use_websocket": _drop(_UPGRADE),
-    "grpc": _drop("gRPC upstreams (HTTP/2) are not served by edge yet; Mapping dropped so gRPC "
-                  "calls are not sent as HTTP/1.1"),
+    "grpc": _OK,
     # TLS to the upstream: `service: https://...`, `tls: <TLSContext>` or `tls: true`
     # (compile.py resolves the TLSContext); v2ExplicitTLS only records how a v2 Mapping spelled
     # them, so that a v3alpha1 -> v2 conversion round-trips: it never changes what is served
@@ -197,6 +196,7 @@ class MappingSpec:
     # TLSContext's name, or `true`: TLS without a TLSContext, Emissary's null context)
     originate_tls: bool = False
     tls_context: str | None = None  # the TLSContext `tls` names
+    grpc: bool = False  # the upstream speaks HTTP/2 (gRPC): h2c, or h2 over TLS
 
 
 def parse_service(text: str, field: str = "spec.service", tls: bool = False) -> Service:
@@ -410,4 +410,5 @@ def parse_mapping(obj: RawObject, defaults: dict | None = None,
         else opt_bool(spec, "add_linkerd_headers", False),
         originate_tls=tls_named or service.scheme == "https",
         tls_context=tls_context,
+        grpc=opt_bool(spec, "grpc", False),
     )

@@ -70,7 +70,7 @@ CONFIG_FIELDS: dict[str, FieldRule] = {
     "auth_enabled": _warn(_NOT_YET),
     "circuit_breakers": _warn(_NOT_YET), "retry_policy": _warn(_NOT_YET), "keepalive": _warn(_NOT_YET),
     "error_response_overrides": _warn(_NOT_YET), "gzip": _warn(_NOT_YET), "buffer": _warn(_NOT_YET),
-    "enable_grpc_http11_bridge": _warn(_NOT_YET), "enable_grpc_web": _warn(_NOT_YET),
+    "enable_grpc_http11_bridge": _warn(_NOT_YET), "enable_grpc_web": _OK,
     "grpc_stats": _warn(_NOT_YET), "enable_http10": _warn(_NOT_YET),
     "enable_ipv4": _warn(_NOT_YET), "enable_ipv6": _warn(_NOT_YET),
     "envoy_log_type": _warn("edge has no Envoy access log; ignored"),
@@ -156,6 +156,7 @@ def parse_module(obj: RawObject) -> ModuleSpec:
         suppress_envoy_headers=opt_bool(config, "suppress_envoy_headers", False, p),
         forward_client_cert_details=_forward_client_cert(config, p),
         set_current_client_cert_details=_client_cert_details(config, p),
+        grpc_web=opt_bool(config, "enable_grpc_web", False, p),
     )
     return ModuleSpec(settings, mapping_defaults,
                       opt_int(config, "cluster_request_timeout_ms", None, p, minimum=0),

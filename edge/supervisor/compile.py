@@ -320,7 +320,7 @@ def cluster_for(m: _Mapping, connect_timeout_ms: int, origin: _Origin | None = N
     return Cluster(name.replace(".", "_").replace(":", "_"), m.spec.service_text, svc.host,
                    svc.port, connect_timeout_ms, (Endpoint(svc.host, svc.port),) if static else (),
                    "static" if static else resolver.discovery, namespace, svc.port_name,
-                   resolver.address, resolver.datacenter, m.origin if origin is not None else -1)
+                   resolver.address, resolver.datacenter, m.origin if origin is not None else -1, m.spec.grpc)
 
 
 def canary_weights(weights: list[int | None]) -> list[int] | None:
@@ -390,6 +390,12 @@ def build_routes(mappings: list[_Mapping], module: ModuleSpec, diags: _Diags, or
                                   origins[m.origin] if m.origin >= 0 else None)
             name = cluster.name
             clusters.setdefault(name, cluster)
+            if clusters[name].http2 != cluster.http2:
+                # Emissary names gRPC clusters as any other and refuses to merge the two
+                diags.add("error", m.obj, "spec.grpc", f"cannot merge cluster {name}: mismatched attributes grpc "
+                          "(another Mapping sends this service HTTP/1.1); Mapping dropped so its calls are never "
+                          "sent with the other's protocol")
+                continue
             targets.append(Target(
                 mapping=f"{m.obj.namespace}/{m.obj.name}",
                 cluster=name,
@@ -406,6 +412,8 @@ def build_routes(mappings: list[_Mapping], module: ModuleSpec, diags: _Diags, or
                 idle_timeout_ms=s.idle_timeout_ms if s.idle_timeout_ms is not None else DEFAULT_IDLE_TIMEOUT_MS,
                 labels=s.labels,
             ))
+        if not targets:
+            continue
         s = members[0].spec
         host = s.host if s.host is not None else (s.hostname if s.hostname not in (None, "*") else None)
         route = Route(

@@ -354,7 +354,8 @@ def check_tls_binding(bound: tuple[ListenerSpec, ...], vhosts: list[VirtualHost]
 # ---- TLS origination: a Mapping's service https:// or tls ----------------------------------
 
 NULL_CONTEXT = "no-cert-upstream"  # Emissary's IRTLSContext.null_context: TLS, no certificates, no checks
-UPSTREAM_ALPN = ("http/1.1",)  # what edge speaks to upstreams
+UPSTREAM_ALPN = ("http/1.1",)  # what edge speaks to HTTP/1 upstreams
+GRPC_ALPN = ("h2",)  # and to gRPC ones (Mapping grpc: true), as Envoy offers for an HTTP/2 cluster
 
 
 @dataclass(frozen=True)
@@ -444,14 +445,20 @@ def compile_origination(mappings: list[M], tls: _TLS, diags: DiagSink) -> tuple[
                           f"{exc.message}; Mapping dropped so its traffic is never sent without the TLS it asks for")
                 continue
             used.add((cobj.namespace, cobj.name))
-            extra = [p for p in cspec.settings.alpn_protocols if p not in UPSTREAM_ALPN]
+            spoken = GRPC_ALPN if s.grpc else UPSTREAM_ALPN
+            extra = [p for p in cspec.settings.alpn_protocols if p not in spoken]
             if extra and (cobj.namespace, cobj.name) not in alpn_noted:
                 alpn_noted.add((cobj.namespace, cobj.name))
                 diags.add("notice", cobj, "spec.alpn_protocols", f"{', '.join(extra)} not offered to upstreams: edge "
-                          "speaks HTTP/1.1 to them, and offers http/1.1 alone")
+                          f"offers what it speaks to them, {', '.join(spoken)}, alone")
         if s.service.scheme == "http":
             diags.add("warning", m.obj, "spec.tls", f"service {s.service_text!r} says http:// but tls asks for TLS: "
                       "TLS is originated (Emissary reports the same and originates TLS)")
+        settings = origin.settings
+        alpn = GRPC_ALPN if s.grpc else tuple(p for p in settings.alpn_protocols if p in UPSTREAM_ALPN) or (
+            UPSTREAM_ALPN if settings.alpn_protocols else ())
+        if alpn != settings.alpn_protocols:
+            origin = replace(origin, settings=replace(settings, alpn_protocols=alpn))
         i = index.get(origin)
         if i is None:
             i = index[origin] = len(origins)

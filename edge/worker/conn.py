@@ -37,6 +37,7 @@ from edge.worker.proto.h1 import (
     last_chunk,
     simple_response,
 )
+from edge.worker import grpcstatus
 from edge.worker.exchange import HEAD, IDLE, Exchange
 from edge.worker.h2conn import H2Connection
 from edge.worker.heads import response_head
@@ -214,19 +215,16 @@ class ClientConnection(Exchange):
             if not self.head_sent or self.request_sent or up is None or up.out:
                 return
             event = events.popleft()
-            chunked = self.req.chunked
-            if type(event) is Body:
-                data = chunk(event.data) if chunked else event.data
-            elif type(event) is End:
-                data = last_chunk(event.trailers) if chunked else b""
-                self.request_sent = True
-            else:
-                raise AssertionError(f"request event out of order: {event!r}")
-            if data:
-                try:
-                    up.send(data)
-                except OSError as exc:
-                    self._upstream_failed(502, f"upstream reset: {exc.strerror or exc}", retryable=False)
+            try:
+                if type(event) is Body:
+                    up.send_body(event.data)
+                elif type(event) is End:
+                    self.request_sent = True
+                    up.end_body(event.trailers)
+                else:
+                    raise AssertionError(f"request event out of order: {event!r}")
+            except OSError as exc:
+                self._upstream_failed(502, f"upstream reset: {exc.strerror or exc}", retryable=False)
 
     def client_cert(self) -> tuple:
         """(xfcc.ClientCert or None, our certificate's URI SAN): a cleartext connection has none."""
@@ -319,6 +317,11 @@ class ClientConnection(Exchange):
                content_type: bytes = b"text/plain") -> None:
         """Answer the current request ourselves (`extra`: header lines)."""
         close = close or self.state.draining
+        grpc = grpcstatus.content_type_of(self.req.headers) if self.req is not None else None
+        if grpc is not None:  # a gRPC(-Web) client reads grpc-status: a trailers-only answer, as Envoy's
+            fields = grpcstatus.local_reply(status, body, grpc)
+            extra += b"".join(b"%b: %b\r\n" % pair for pair in fields[1:])
+            status, body, content_type = 200, b"", fields[0][1]
         self._write(simple_response(status, body, self.router.server, close, extra, content_type))
         if close:
             self.req = None

@@ -33,6 +33,7 @@ import ssl
 import time
 
 from edge.ratelimit import responses as ratelimit_responses
+from edge.worker import grpcstatus
 from edge.worker.heads import request_head
 from edge.worker.plan import LocalReply
 from edge.worker.proto.h1 import UpstreamError
@@ -123,6 +124,10 @@ class Exchange(Handler):
     def _go(self) -> None:
         t = self.plan.target.target
         self.request_deadline = time.monotonic() + t.timeout_ms / 1000 if t.timeout_ms else math.inf
+        if self.plan.cluster.http2:
+            allowed = grpcstatus.timeout_of(self.req.headers)  # the client's deadline, when tighter
+            if allowed is not None:
+                self.request_deadline = min(self.request_deadline, time.monotonic() + allowed)
         self.idle_s = t.idle_timeout_ms / 1000
         self.attempts = 2
         self._attempt()
@@ -164,7 +169,7 @@ class Exchange(Handler):
                 self._tls_failed(exc)
                 return
         try:
-            up = state.pool.acquire(endpoint, self, origin)
+            up = (state.h2pool if cluster.http2 else state.pool).acquire(endpoint, self, origin)
         except OSError as exc:
             self._upstream_failed(502, f"upstream connect error: {exc.strerror or exc}", retryable=False)
             return
@@ -202,10 +207,8 @@ class Exchange(Handler):
         self.phase = EXCHANGE
         self.sent_at = now = time.monotonic()
         self._exchange_deadline(now)
-        if req.method == b"HEAD":
-            up.parser.expect_no_body()
         try:
-            up.send(self.head)
+            up.send_head(self.head, req)
         except OSError as exc:
             self._upstream_failed(502, f"upstream reset: {exc.strerror or exc}",
                                   retryable=up.reused and not req.has_body)
@@ -217,6 +220,10 @@ class Exchange(Handler):
         if req.expect_continue:
             self._continue()
         self._resume()
+
+    def _upstream_progress(self) -> None:
+        """An HTTP/2 upstream's connection called into this exchange: what it wrote to the
+        client goes out (an HTTP/1 client's writes already went)."""
 
     def _drop_upstream(self) -> None:
         if self.up is not None:
@@ -253,16 +260,15 @@ class Exchange(Handler):
         """The response ended: the connection goes back to the pool if it can serve again."""
         up = self.up
         self.up = None
-        parser = up.parser
-        if self.keep_upstream and self.request_sent and not parser.close_delimited and not parser.in_message:
-            self.state.pool.release(up)
-        else:
-            up.close()
+        up.done(self.keep_upstream and self.request_sent)
 
     def _read_upstream(self) -> None:
         """Read and relay what the upstream sent, until it has nothing more or the
         client stops taking it."""
         up = self.up
+        if up.multiplexed:
+            up.deliver()  # an HTTP/2 stream: its connection has read the events already
+            return
         state = self.state
         parser = up.parser
         events = parser.events

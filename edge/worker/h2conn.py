@@ -25,9 +25,10 @@ import math
 import random
 import time
 
+from edge.worker import grpcstatus
 from edge.worker.exchange import Exchange
 from edge.worker.plan import plan
-from edge.worker.proto.h1 import Body, End, Response, chunk, last_chunk
+from edge.worker.proto.h1 import Body, End, Response
 from edge.worker.proto.h2codec import (
     Data,
     Drained,
@@ -39,7 +40,7 @@ from edge.worker.proto.h2codec import (
     StreamReset,
     Trailers,
 )
-from edge.worker.proto.messages import Request
+from edge.worker.proto.messages import CONNECTION_SPECIFIC, Request
 from edge.worker.reactor import HUP_EVENTS, READ_EVENTS, WRITE_EVENTS, Handler, flush_kept, send_or_keep
 from edge.worker.state import READ_SIZE, WorkerState
 from edge.worker.tls import client_cert_of
@@ -50,9 +51,6 @@ HIGH_WATER = 65536  # response bytes a stream may have queued in the codec befor
 NO_ERROR = 0
 INTERNAL_ERROR = 2
 ENHANCE_YOUR_CALM = 11
-# HTTP/1 response heads never forwarded on HTTP/2 (RFC 9113 §8.2.2), besides Connection's tokens
-CONNECTION_SPECIFIC = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
-                                 b"upgrade"})
 
 
 class H2Connection(Handler):
@@ -205,7 +203,8 @@ class H2Connection(Handler):
             elif kind is Trailers:
                 stream = streams.get(event.stream_id)
                 if stream is not None:
-                    stream.body(b"", True)  # request trailers are not forwarded to an HTTP/1 upstream
+                    stream.trailers = event.headers
+                    stream.body(b"", True)
             elif kind is StreamReset:
                 stream = streams.get(event.stream_id)
                 if stream is not None:
@@ -294,7 +293,7 @@ class H2Connection(Handler):
 class H2Stream(Exchange):
     """One request stream, proxied to an HTTP/1 upstream."""
 
-    __slots__ = ("conn", "codec", "sid", "pending", "unacked", "client_done", "ended")
+    __slots__ = ("conn", "codec", "sid", "pending", "unacked", "client_done", "ended", "trailers")
 
     def __init__(self, conn: H2Connection, sid: int):
         super().__init__()
@@ -315,6 +314,7 @@ class H2Stream(Exchange):
         self.unacked = 0  # request body bytes not yet acknowledged to the client
         self.client_done = False  # the client's END_STREAM arrived
         self.ended = False  # our answer ended (or the stream was reset)
+        self.trailers: list = []  # the request's, forwarded after its body
 
     # ---- from the connection --------------------------------------------------------
 
@@ -390,6 +390,9 @@ class H2Stream(Exchange):
         Exchange._limits_decided(self, refusal, inject)
         self.conn.pump()
 
+    def _upstream_progress(self) -> None:
+        self.conn.pump()
+
     # ---- the Exchange's client half ---------------------------------------------------
 
     def _resume(self) -> None:
@@ -397,25 +400,18 @@ class H2Stream(Exchange):
         up = self.up
         if not self.head_sent or self.request_sent or up is None:
             return
-        chunked = self.req.chunked
         pending = self.pending
-        while pending and not up.out:
-            data = pending.pop(0)
-            try:
-                up.send(chunk(data) if chunked else data)
-            except OSError as exc:
-                self._upstream_failed(502, f"upstream reset: {exc.strerror or exc}", retryable=False)
-                return
-        if not pending and not up.out and self.unacked:
-            self.codec.consume(self.sid, self.unacked)
-            self.unacked = 0
-        if self.client_done and not pending:
-            self.request_sent = True
-            if chunked:
-                try:
-                    up.send(last_chunk(()))
-                except OSError as exc:
-                    self._upstream_failed(502, f"upstream reset: {exc.strerror or exc}", retryable=False)
+        try:
+            while pending and not up.out:
+                up.send_body(pending.pop(0))
+            if not pending and not up.out and self.unacked:
+                self.codec.consume(self.sid, self.unacked)
+                self.unacked = 0
+            if self.client_done and not pending:
+                self.request_sent = True
+                up.end_body(self.trailers)
+        except OSError as exc:
+            self._upstream_failed(502, f"upstream reset: {exc.strerror or exc}", retryable=False)
 
     def _continue(self) -> None:
         pass  # HTTP/2 requests are never told to wait (Request.expect_continue is False)
@@ -470,9 +466,14 @@ class H2Stream(Exchange):
         self.ended = True
         self._drop_upstream()
         self.reactor.forget(self)
-        headers = [(b":status", b"%d" % status), (b"server", self.router.server)]
-        if body or status >= 200 and status not in (204, 304):
-            headers += [(b"content-type", content_type), (b"content-length", b"%d" % len(body))]
+        grpc = grpcstatus.content_type_of(self.req.headers) if self.req is not None else None
+        if grpc is not None:  # a gRPC client reads grpc-status: a trailers-only answer, as Envoy's
+            headers = [(b":status", b"200"), *grpcstatus.local_reply(status, body, grpc), (b"server", self.router.server)]
+            body = b""
+        else:
+            headers = [(b":status", b"%d" % status), (b"server", self.router.server)]
+            if body or status >= 200 and status not in (204, 304):
+                headers += [(b"content-type", content_type), (b"content-length", b"%d" % len(body))]
         if extra:
             headers += _pairs(extra)
         codec = self.codec

@@ -212,6 +212,7 @@ class Worker:
                 os._exit(1)
             if beat % 50 == 0:
                 state.pool.sweep()
+                state.h2pool.sweep()
             await trio.sleep(HEARTBEAT_INTERVAL)
 
     async def _signals(self) -> None:
@@ -229,6 +230,7 @@ class Worker:
             while self.state.active:
                 await trio.sleep(0.02)
         self.state.pool.close_all()
+        self.state.h2pool.close_all()
 
 
 def main(argv=None) -> None:

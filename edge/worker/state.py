@@ -5,6 +5,7 @@ from __future__ import annotations
 from edge.workerspec import DEFAULTS
 from edge.worker.reactor import Reactor
 from edge.worker.router import Router
+from edge.worker.h2upstream import H2Pool
 from edge.worker.upstream import Pool
 
 # One read buffer per worker: every read is parsed (and copied out by the parser) before
@@ -23,6 +24,7 @@ class WorkerState:
         self.idle_timeout = idle_timeout
         self.send_timeout = send_timeout
         self.read_buf = bytearray(READ_SIZE)
+        self.h2pool = H2Pool(self.reactor, self.read_buf)  # to gRPC (HTTP/2) upstreams
         self.draining = False
         self.drain_idle_grace = DRAIN_IDLE_GRACE
         self.connections: set = set()  # ClientConnection

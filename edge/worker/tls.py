@@ -49,7 +49,6 @@ log = logging.getLogger("edge.worker")
 RAW_READ = 65536
 WRITE_CHUNK = 65536  # plaintext per send: bounds the ciphertext kept when the socket is full
 SPOKEN = ("h2", "http/1.1")  # ALPN protocols this worker serves, in its order of preference
-UPSTREAM_SPOKEN = ("http/1.1",)  # ALPN protocols this worker speaks to upstreams
 
 VERSIONS = {
     "v1.0": ssl.TLSVersion.TLSv1, "v1.1": ssl.TLSVersion.TLSv1_1,
@@ -230,7 +229,7 @@ def _client_context(entry: ClientTLS, certs: tuple[Certificate, ...]) -> ssl.SSL
     if entry.ecdh_curves:
         ctx.set_ecdh_curve(entry.ecdh_curves[0])
     if entry.alpn_protocols:
-        ctx.set_alpn_protocols([p for p in entry.alpn_protocols if p in UPSTREAM_SPOKEN] or list(UPSTREAM_SPOKEN))
+        ctx.set_alpn_protocols(list(entry.alpn_protocols))  # compile kept what the cluster speaks
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
     return ctx
 

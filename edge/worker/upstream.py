@@ -19,7 +19,7 @@ import socket
 import time
 
 from edge.model import Cluster, Endpoint
-from edge.worker.proto.h1 import ResponseParser
+from edge.worker.proto.h1 import ResponseParser, chunk, last_chunk
 from edge.worker.reactor import READ_EVENTS, Handler, Reactor, flush_kept, send_or_keep
 from edge.worker.tls import Origin, TLSTransport
 
@@ -30,8 +30,10 @@ IDLE_TTL = 60.0
 class UpstreamConn(Handler):
     """One connection to an endpoint. `owner` gets on_upstream_event(self, mask)."""
 
+    multiplexed = False  # one exchange at a time: the exchange reads the socket itself
+
     __slots__ = ("sock", "fd", "key", "parser", "reused", "idle_since", "connected", "owner", "pool",
-                 "readable", "hup", "out", "raw", "tls", "tcp_connected")
+                 "readable", "hup", "out", "raw", "tls", "tcp_connected", "chunked")
 
     def __init__(self, sock: socket.socket, key: tuple, pool: Pool, connected: bool, origin: Origin | None = None):
         super().__init__()
@@ -52,6 +54,7 @@ class UpstreamConn(Handler):
         self.readable = False
         self.hup = False  # the upstream closed its side: read until EOF
         self.out: list | None = None  # bytes the kernel did not take yet
+        self.chunked = False  # the request being sent has a chunked body
 
     def on_event(self, mask: int) -> None:
         owner = self.owner
@@ -81,6 +84,24 @@ class UpstreamConn(Handler):
             return True
         return False
 
+    def send_head(self, head: bytes, req) -> None:
+        """Send a request head (edge.worker.heads.request_head's bytes) for `req`; its
+        body follows through send_body and end_body. Raises OSError."""
+        if req.method == b"HEAD":
+            self.parser.expect_no_body()
+        self.chunked = req.chunked
+        self.send(head)
+
+    def send_body(self, data: bytes) -> None:
+        """Request body bytes, framed as the head said. Raises OSError."""
+        self.send(chunk(data) if self.chunked else data)
+
+    def end_body(self, trailers: list) -> None:
+        """The request body ended (with trailers, which only a chunked body carries).
+        Raises OSError."""
+        if self.chunked:
+            self.send(last_chunk(trailers))
+
     def send(self, data) -> bool:
         """Send what the kernel takes now and keep the rest in `out`; True if all went.
         Raises OSError (reset, broken pipe)."""
@@ -92,12 +113,38 @@ class UpstreamConn(Handler):
         self.out = flush_kept(self.sock, self.out)
         return self.out is None
 
+    def done(self, keep: bool) -> None:
+        """The exchange ended: back to the pool if `keep` (the response allowed it and the
+        request was sent whole) and the connection can serve again; else closed."""
+        parser = self.parser
+        if keep and not parser.close_delimited and not parser.in_message:
+            self.pool.release(self)
+        else:
+            self.close()
+
     def close(self) -> None:
         if not self.closed:
             self.closed = True
             self.owner = None
             self.pool.reactor.unregister(self.fd)
             self.sock.close()
+
+
+def connect(ep: Endpoint) -> tuple[socket.socket, bool]:
+    """A non-blocking socket connecting to `ep`, and whether it connected at once.
+    Raises OSError when the connect fails at once."""
+    family = socket.AF_INET6 if ":" in ep.address else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        err = sock.connect_ex((ep.address, ep.port))
+        if err not in (0, errno.EINPROGRESS):
+            raise OSError(err, f"connect to {ep.address}:{ep.port}: {errno.errorcode.get(err, err)}")
+    except BaseException:
+        sock.close()
+        raise
+    return sock, err == 0
 
 
 class Pool:
@@ -130,18 +177,8 @@ class Pool:
             conn.reused = True
             conn.owner = owner
             return conn
-        family = socket.AF_INET6 if ":" in ep.address else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.setblocking(False)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            err = sock.connect_ex(addr)
-            if err not in (0, errno.EINPROGRESS):
-                raise OSError(err, f"connect to {ep.address}:{ep.port}: {errno.errorcode.get(err, err)}")
-        except BaseException:
-            sock.close()
-            raise
-        conn = UpstreamConn(sock, key, self, connected=err == 0, origin=origin)
+        sock, connected = connect(ep)
+        conn = UpstreamConn(sock, key, self, connected=connected, origin=origin)
         conn.owner = owner
         self.reactor.register(conn.fd, conn)
         return conn

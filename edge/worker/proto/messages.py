@@ -101,6 +101,10 @@ def framing(lengths: list, codings: list, is_request: bool, version: str):
 
 NO_TOKENS: frozenset = frozenset()
 
+# HTTP/1 header fields never sent on HTTP/2 (RFC 9113 §8.2.2), besides Connection's tokens
+CONNECTION_SPECIFIC = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
+                                 b"upgrade"})
+
 
 def connection_tokens(values: list) -> frozenset:
     """The lower-cased tokens of Connection header values. (The parser answers NO_TOKENS
