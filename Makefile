@@ -51,8 +51,8 @@ $(BENCH_STAMP): $(STAMP)
 	touch $(BENCH_STAMP)
 
 bench: $(BENCH_STAMP)
-	@command -v wrk >/dev/null && command -v nginx >/dev/null && command -v haproxy >/dev/null && command -v h2load >/dev/null || \
-		(apt-get update -qq && apt-get install -y -qq wrk nginx-light haproxy nghttp2-client)
+	@command -v wrk >/dev/null && command -v nginx >/dev/null && command -v haproxy >/dev/null && command -v h2load >/dev/null && command -v nghttpd >/dev/null || \
+		(apt-get update -qq && apt-get install -y -qq wrk nginx-light haproxy nghttp2-client nghttp2-server)
 	$(BIN)/python -m bench.micro
 	$(BIN)/python -m bench $(BENCH_ARGS)
 

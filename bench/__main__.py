@@ -11,6 +11,9 @@ workers (an HTTPS Listener) serve one self-signed ECDSA P-256 certificate made a
 Over HTTP/2 (h2_streams): h2load instead of wrk, h2 by ALPN on that certificate, against
 nginx-h2 (nginx-tls with `listen ssl http2`) and the same edge targets (their HTTPS Listener
 offers h2); each round warms up its connections for 1 s before its measured duration.
+Over gRPC (grpc_unary): h2load POSTs one gRPC message per call over h2c to nginx-grpc
+(`grpc_pass`) and to edge with a `grpc: true` Mapping, both to nghttpd answering a valid
+unary response with a grpc-status trailer (compiled, >100,000 calls/s: not the bottleneck).
 Rounds are interleaved (every target once per round, every other round in reverse order)
 and medians reported; CPU per request is the user+system time of the proxy's processes
 (/proc) over the requests the load generator completed (with h2load, from when it says its
@@ -44,6 +47,7 @@ class Scenario:
     close: bool = False
     unit: str = "requests/s"  # what one wrk request is, for the report
     streams: int = 0  # > 0: h2load with this many concurrent streams per connection, not wrk
+    grpc: bool = False  # unary gRPC calls (h2load POSTs of one message) to the gRPC upstream
 
 
 PROXIES = ("nginx", "haproxy", "edge-1", "edge-N")
@@ -53,6 +57,8 @@ KEEP_ALIVE = (*PROXIES, "py-forwarder")
 TLS = ("nginx-tls", "edge-1-tls", "edge-N-tls")
 # over HTTP/2 (h2 by ALPN), the same certificate: nginx as nginx-tls with http2, and edge's HTTPS Listener
 H2 = ("nginx-h2", "edge-1-tls", "edge-N-tls")
+# gRPC over h2c to a compiled h2 upstream (nghttpd): nginx's grpc_pass and edge's grpc: true Mapping
+GRPC = ("nginx-grpc", "edge-1-grpc", "edge-N-grpc")
 SCENARIOS = {
     "small_c50": Scenario("small GET, keep-alive, 50 connections", "/bench/", 50, KEEP_ALIVE),
     "small_c200": Scenario("small GET, keep-alive, 200 connections", "/bench/", 200, KEEP_ALIVE),
@@ -72,6 +78,9 @@ SCENARIOS = {
     "h2_streams": Scenario("small GET over HTTP/2 (h2 by ALPN, TLS 1.3, ECDSA P-256), 4 connections with "
                            "100 concurrent streams each (h2load)", "/bench/", 4, H2, baseline="nginx-h2",
                            streams=100),
+    "grpc_unary": Scenario("unary gRPC calls over h2c (one small message each way, grpc-status trailer), "
+                           "4 connections with 100 concurrent streams each (h2load), upstream nghttpd over h2c",
+                           targets.GRPC_PATH, 4, GRPC, baseline="nginx-grpc", streams=100, grpc=True),
 }
 
 
@@ -81,7 +90,8 @@ def load(target: targets.Target, scenario: Scenario, duration: float, warm_up: f
     streams; `snapshot()` before and after the measured requests."""
     if scenario.streams:
         return h2load.run(target.port, scenario.path, clients=scenario.connections, streams=scenario.streams,
-                          duration=duration, warm_up=warm_up, tls=target.tls, snapshot=snapshot)
+                          duration=duration, warm_up=warm_up, tls=target.tls, snapshot=snapshot,
+                          **({"data": targets.GRPC_REQUEST, "headers": targets.GRPC_HEADERS} if scenario.grpc else {}))
     before = snapshot()
     result = wrk.run(target.port, scenario.path, connections=scenario.connections, duration=duration,
                      close=scenario.close, tls=target.tls)
@@ -132,6 +142,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="edge-bench-"))
     cert = tlsbench.self_signed(work) if needed & {*TLS, *H2} else None
     up = targets.upstream(work)
+    grpc_up = targets.grpc_upstream(work) if needed & set(GRPC) else None
     running: dict[str, targets.Target] = {}
     before = targets.checkout(work, args.against) if args.against else None
     try:
@@ -151,11 +162,14 @@ def main() -> None:
             "edge-1-tls": lambda: targets.edge(work, "edge-1-tls", up.port, workers=1, mappings=10, cert=cert),
             "edge-N-tls": lambda: targets.edge(work, "edge-N-tls", up.port, workers=args.workers, mappings=10,
                                                cert=cert),
+            "nginx-grpc": lambda: targets.nginx_grpc(work, grpc_up.port),
+            "edge-1-grpc": lambda: targets.edge_grpc(work, "edge-1-grpc", grpc_up.port, workers=1),
+            "edge-N-grpc": lambda: targets.edge_grpc(work, "edge-N-grpc", grpc_up.port, workers=args.workers),
         }
         for name in sorted(needed, key=list(starters).index):
             running[name] = starters[name]()
-        for t in [up, *running.values()]:
-            targets.wait_http(t.port, tls=t.tls)
+        for t in [up, *([grpc_up] if grpc_up else []), *running.values()]:
+            targets.wait_grpc(t.port) if t.grpc else targets.wait_http(t.port, tls=t.tls)
         for t in running.values():  # every TLS connection of tls_handshake must be a full handshake
             if t.tls and tlsbench.resumed(t.port):
                 raise SystemExit(f"{t.name} resumes TLS sessions: its new connections would not be full handshakes")
@@ -196,7 +210,7 @@ def main() -> None:
         except ImportError:
             print("matplotlib is missing (pip install -e '.[bench]'): no chart")
     finally:
-        for t in [*running.values(), up]:
+        for t in [*running.values(), up, *([grpc_up] if grpc_up else [])]:
             t.stop()
         if before is not None:
             targets.drop_checkout(before)
