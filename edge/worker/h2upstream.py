@@ -36,6 +36,7 @@ import time
 from collections import deque
 
 from edge.model import Endpoint
+from edge.worker import grpcstatus, grpcweb
 from edge.worker.proto.messages import CONNECTION_SPECIFIC, END, Body, End, Response
 from edge.worker.proto.h2codec import (
     Data,
@@ -94,8 +95,14 @@ class UpstreamCall:
         OSError when the connection can open no stream (it got a GOAWAY meanwhile)."""
         conn = self.conn
         end = not req.has_body
+        headers = request_headers(head, conn.scheme)
+        if self.owner.router.settings.grpc_web:
+            content_type = grpcstatus.content_type_of(req.headers)
+            if content_type is not None and grpcweb.is_grpc_web(content_type):
+                self.web = web = grpcweb.GrpcWebCall(content_type)
+                headers[4:] = web.request_headers(headers[4:])
         try:
-            self.sid = sid = conn.codec.request(request_headers(head, conn.scheme), end)
+            self.sid = sid = conn.codec.request(headers, end)
         except StreamRefused as exc:
             raise OSError(f"the upstream's connection takes no new stream: {exc}") from None
         self.request_done = end
@@ -103,16 +110,28 @@ class UpstreamCall:
         conn.pump()
 
     def send_body(self, data: bytes) -> None:
+        """Raises OSError for a gRPC-Web body that is not base64 (-text)."""
         conn = self.conn
+        if self.web is not None:
+            data = self._web_request(self.web.request_data, data)
         conn.codec.send_data(self.sid, data)
         if conn.codec.buffered(self.sid) > HIGH_WATER:
             self.out = True  # the stream's window is shut: the client waits for Drained
         conn.pump()
 
     def end_body(self, trailers: list) -> None:
+        if self.web is not None:
+            self._web_request(self.web.request_end)
         self.request_done = True
         self.conn.codec.end_stream(self.sid, trailers or None)
         self.conn.pump()
+
+    def _web_request(self, method, *args) -> bytes:
+        try:
+            return method(*args)
+        except grpcweb.GrpcWebError as exc:
+            # the client's fault, seen only once the head went: the stream ends as a reset would
+            raise OSError(f"the gRPC-Web request body is invalid: {exc}") from None
 
     def deliver(self) -> None:
         """Relay the waiting response events to the owner, and give their bytes back to
@@ -168,11 +187,14 @@ class UpstreamCall:
                     length = int(pair[1])
                 regular.append(pair)
         self.started = True
+        trailers = []
         if self.web is not None:
+            if end:  # trailers-only: gRPC-Web carries grpc-status in the body's trailer frame
+                regular, trailers = grpcweb.split_trailers_only(regular)
             regular, length = self.web.response_headers(regular), None
         self.events.append(Response(status, b"", "2", regular, True, False, length, frozenset(), False))
         if end:
-            self._end([])
+            self._end(trailers)
 
     def on_data(self, data: bytes, end: bool) -> None:
         self.unconsumed += len(data)
