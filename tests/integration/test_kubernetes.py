@@ -5,9 +5,12 @@ forbidden, a CRD installed later, 10,000 Mappings listed in pages."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import html
 import json
+import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -18,10 +21,13 @@ import httpx
 import pytest
 import trio
 import yaml
+from cryptography import x509
 
 from bench.loadgen import LoadGenerator
 from tests.conftest import Edge, free_port
+from tests.integration.test_tls import exchange
 from tests.kubeapply import Kube, ambassador, endpoint_slice, service
+from tests.tlscerts import make_ca, make_leaf
 
 pytestmark = pytest.mark.integration
 
@@ -575,3 +581,50 @@ def test_real_api_server_10000_mappings_are_listed_in_pages(real_kube, real_edge
     print(f"\nreal API server: {count} Mappings created in {created:.1f} s (16 connections); edge ready in "
           f"{ready:.1f} s; {mapping['last_list_pages']} pages, {mapping['pages']} page requests, "
           f"{mapping['list_restarts']} restarts")
+
+
+def test_a_rotated_tls_secret_reaches_the_next_connection_within_1s(make_edge, fake_kube, tmp_path, upstream):
+    """A kubernetes.io/tls Secret replaced in the API server (cert-manager's renewal) is what
+    the next TLS connection gets, within 1 s, without a restart; an open connection stays up."""
+    ca = make_ca()
+    first, second = make_leaf(ca, "a.test"), make_leaf(ca, "a.test")
+    b64 = lambda text: base64.b64encode(text.encode()).decode()  # noqa: E731
+    kind = fake_kube.kind("Secret")
+
+    def secret(leaf) -> dict:
+        return {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+                "metadata": {"name": "a-cert", "namespace": "default"},
+                "data": {"tls.crt": b64(leaf.cert_pem), "tls.key": b64(leaf.key_pem)}}
+
+    fake_kube.create(kind, "default", secret(first))
+    kube = Kube(fake_kube.api_client())
+    kube.apply(ambassador("Host", "a", {"hostname": "a.test", "tlsSecret": {"name": "a-cert"},
+                                        "requestPolicy": {"insecure": {"action": "Route"}}}))
+    kube.apply(ambassador("Mapping", "api", {"prefix": "/api/", "service": upstream.service}))
+    edge = make_edge({}, protocol="HTTPS",
+                     extra_args=("--kubernetes", "--kubeconfig", fake_kube.kubeconfig(tmp_path / "kubeconfig")))
+    ctx = ssl.create_default_context(cadata=ca.cert_pem)
+
+    def connect() -> ssl.SSLSocket:
+        return ctx.wrap_socket(socket.create_connection(("127.0.0.1", edge.port), timeout=10), server_hostname="a.test")
+
+    def serial_until(leaf, start: float, timeout: float) -> float:
+        while True:
+            try:
+                with connect() as s:
+                    if x509.load_der_x509_certificate(s.getpeercert(True)).serial_number == leaf.cert.serial_number:
+                        return time.monotonic() - start
+            except (ssl.SSLError, OSError):
+                pass  # no certificate for a.test yet
+            assert time.monotonic() - start < timeout, "the Secret's certificate was never served"
+            time.sleep(0.02)
+
+    serial_until(first, time.monotonic(), 10)
+    kept = connect()
+    assert exchange(kept).startswith(b"HTTP/1.1 200")
+    start = time.monotonic()
+    fake_kube.replace(kind, ("default", "a-cert"), secret(second))
+    took = serial_until(second, start, 10)
+    assert took < 1.0, f"the rotated Secret took {took:.2f} s to reach a new connection"
+    assert exchange(kept).startswith(b"HTTP/1.1 200")  # the connection from before the rotation
+    kept.close()
