@@ -113,6 +113,19 @@ class RateLimitRule:
 
 
 @dataclass(frozen=True)
+class CorsPolicy:
+    """A Mapping's `cors` (else the Module's), as Emissary hands it to Envoy's CorsPolicy
+    (ircors.py): list values joined with ", ", origins matched exactly ("*" matches any)."""
+
+    origins: tuple[str, ...]  # exact origins; (): allows nothing (compile leaves such a policy out)
+    methods: str = ""  # access-control-allow-methods ("*": the request's method); "": none
+    headers: str = ""  # access-control-allow-headers ("*": the requested headers); "": none
+    exposed_headers: str = ""  # access-control-expose-headers; "": none
+    max_age: str = ""  # access-control-max-age; "": none
+    credentials: bool = False  # access-control-allow-credentials: true
+
+
+@dataclass(frozen=True)
 class Target:
     """One Mapping of a route group: where to send and how to rewrite."""
 
@@ -130,6 +143,7 @@ class Target:
     timeout_ms: int  # 0 disables
     idle_timeout_ms: int
     labels: tuple[LabelGroup, ...] = ()
+    cors: CorsPolicy | None = None  # its route's (canary group's) cors, else the Module's; None: no CORS
 
 
 @dataclass(frozen=True)

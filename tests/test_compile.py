@@ -147,3 +147,96 @@ def test_host_association_index_agrees_with_the_rule_on_random_configurations():
             spec = next(s for o, s in hosts if o.name == name)
             expected = tuple(i for i, (_, members) in enumerate(routes) if any(mapping_attaches(spec, m) for m in members))
             assert vh.routes == expected, (trial, vh, [o.spec for o in objs])
+
+
+# ---- cors: a Mapping's, else the Module's (Emissary's ircors.py and v3route.py) -------------
+
+from edge.model import CorsPolicy  # noqa: E402
+
+FULL_CORS = {"origins": ["https://a.example", "https://b.example"], "methods": ["GET", "POST", "OPTIONS"],
+             "headers": ["content-type", "x-auth"], "exposed_headers": ["x-request-id"], "max_age": "86400",
+             "credentials": True}
+
+
+def _cors_of(table, prefix):
+    (route,) = [r for r in table.routes if r.path == prefix]
+    return route.targets[0].cors
+
+
+@pytest.mark.parametrize("cors, expected", [
+    (FULL_CORS, CorsPolicy(("https://a.example", "https://b.example"), "GET, POST, OPTIONS", "content-type, x-auth",
+                           "x-request-id", "86400", True)),
+    # v2's comma-separated origins; strings kept as written; an integer max_age
+    ({"origins": "https://a.example, https://b.example", "methods": "GET,POST", "max_age": 600},
+     CorsPolicy(("https://a.example", "https://b.example"), "GET,POST", max_age="600")),
+    ({"origins": ["*"], "credentials": False}, CorsPolicy(("*",))),
+    ({"origins": ["*"], "credentials": "true", "v2CommaSeparatedOrigins": True}, CorsPolicy(("*",), credentials=True)),
+    ({"origins": "*", "headers": [], "methods": ""}, CorsPolicy(("*",))),  # empty values are not sent, as in Emissary
+    ({"methods": ["GET"]}, None),  # no origin is allowed: nothing to serve
+    ({}, None),
+    (None, None),
+])
+def test_a_mappings_cors_compiles_into_its_target(cors, expected):
+    table, diags = compile([m("c", "/c/", cors=cors)])
+    assert diags == []
+    assert _cors_of(table, "/c/") == expected
+
+
+MODULE_CORS = {"origins": ["https://module.example"], "methods": ["GET"]}
+
+
+def test_the_modules_cors_is_for_mappings_without_their_own():
+    module = obj("Module", "ambassador", {"config": {"cors": MODULE_CORS}})
+    table, diags = compile([module, m("plain", "/plain/"), m("own", "/own/", cors={"origins": ["https://own.example"]}),
+                            m("off", "/off/", cors={})])
+    assert diags == []
+    assert _cors_of(table, "/plain/") == CorsPolicy(("https://module.example",), "GET")
+    assert _cors_of(table, "/own/") == CorsPolicy(("https://own.example",))  # replaced whole, not merged
+    assert _cors_of(table, "/off/") is None  # a cors of its own that allows nothing hides the Module's
+
+
+def test_cors_from_the_modules_mapping_defaults():
+    module = obj("Module", "ambassador", {"config": {"defaults": {"httpmapping": {"cors": {"origins": ["https://d.example"]}}}}})
+    table, diags = compile([module, m("d", "/d/")])
+    assert diags == []
+    assert _cors_of(table, "/d/") == CorsPolicy(("https://d.example",))
+
+
+@pytest.mark.parametrize("cors, field, words", [
+    ("yes", "spec.cors", "mapping"),
+    (["*"], "spec.cors", "mapping"),
+    ({"origins": 5}, "spec.cors.origins", "list of origins"),
+    ({"origins": ["https://a", 7]}, "spec.cors.origins", "list of origins"),
+    ({"origins": ["https://a\r\nx-evil: 1"]}, "spec.cors.origins", "CR, LF"),
+    ({"origins": ["*"], "methods": {"GET": True}}, "spec.cors.methods", "list of strings"),
+    ({"origins": ["*"], "headers": 3}, "spec.cors.headers", "list of strings"),
+    ({"origins": ["*"], "exposed_headers": ["x\ny"]}, "spec.cors.exposed_headers", "CR, LF"),
+    ({"origins": ["*"], "credentials": "maybe"}, "spec.cors.credentials", "true or false"),
+    ({"origins": ["*"], "max_age": [1]}, "spec.cors.max_age", "seconds"),
+    ({"origins": ["*"], "max_age": -1}, "spec.cors.max_age", "seconds"),
+])
+def test_a_bad_cors_drops_the_mapping_with_a_diagnostic_naming_the_field(cors, field, words):
+    table, diags = compile([m("bad", "/bad/", cors=cors), m("good", "/good/")])
+    errors = [d for d in diags if d.severity == "error"]
+    assert [(d.kind, d.name, d.field) for d in errors] == [("Mapping", "bad", field)]
+    assert words in errors[0].message
+    assert [r.path for r in table.routes] == ["/good/"]
+
+
+def test_a_bad_cors_in_the_module_drops_the_module():
+    module = obj("Module", "ambassador", {"config": {"server_name": "mine", "cors": {"origins": {"a": 1}}}})
+    table, diags = compile([module, m("plain", "/plain/")])
+    assert [(d.kind, d.severity, d.field) for d in diags] == [("Module", "error", "spec.config.cors.origins")]
+    assert table.settings.server_name == "edge"  # none of the Module is applied
+    assert _cors_of(table, "/plain/") is None
+
+
+def test_a_canary_group_has_one_cors_as_in_emissary():
+    a, b = {"origins": ["https://a.example"]}, {"origins": ["https://b.example"]}
+    table, diags = compile([m("m1", "/g/", cors=a), m("m2", "/g/", weight=10), m("m3", "/g/", weight=10, cors=b)])
+    (route,) = table.routes
+    assert {t.cors for t in route.targets} == {CorsPolicy(("https://b.example",))}  # the last one's, by name
+    assert [(d.severity, d.name, d.field) for d in diags] == [("warning", "m1", "spec.cors")]
+    assert "default/m3's" in diags[0].message
+    table, diags = compile([m("m1", "/g/", cors=a), m("m2", "/g/", weight=10)])
+    assert diags == [] and {t.cors for t in table.routes[0].targets} == {CorsPolicy(("https://a.example",))}

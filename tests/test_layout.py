@@ -11,7 +11,7 @@ from edge.cli import check
 
 EDGE = Path(__file__).resolve().parent.parent / "edge"
 PURE = ["model.py", "resources", "supervisor/compile.py", "supervisor/compile_tls.py", "supervisor/endpoints.py",
-        "worker/proxy.py", "worker/plan.py", "worker/xfcc.py", "worker/grpcstatus.py",
+        "worker/proxy.py", "worker/plan.py", "worker/xfcc.py", "worker/grpcstatus.py", "worker/grpcweb.py", "worker/cors.py",
         "worker/proto/messages.py", "worker/router.py", "ratelimit/algorithm.py", "ratelimit/descriptors.py",
         "ratelimit/fleet.py", "ratelimit/resp.py", "ratelimit/responses.py"]
 FORBIDDEN = {"trio", "socket", "kubernetes", "msgpack", "select", "subprocess", "mmap", "httpx"}

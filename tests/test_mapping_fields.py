@@ -25,7 +25,7 @@ EMISSARY_V3ALPHA1_MAPPING = [
     ("add_response_headers", HONOURED), ("add_linkerd_headers", HONOURED),
     ("auto_host_rewrite", HONOURED), ("case_sensitive", HONOURED), ("dns_type", WARN),
     ("docs", WARN), ("enable_ipv4", WARN), ("enable_ipv6", WARN), ("circuit_breakers", DROP),
-    ("keepalive", WARN), ("cors", DROP), ("retry_policy", DROP), ("respect_dns_ttl", WARN),
+    ("keepalive", WARN), ("cors", HONOURED), ("retry_policy", DROP), ("respect_dns_ttl", WARN),
     ("grpc", HONOURED), ("host_redirect", DROP), ("host_rewrite", HONOURED), ("method", HONOURED),
     ("method_regex", DROP), ("outlier_detection", WARN), ("path_redirect", DROP),
     ("prefix_redirect", DROP), ("regex_redirect", DROP), ("redirect_response_code", DROP),
@@ -82,7 +82,6 @@ ON = {
     "shadow": True, "host_redirect": True, "path_redirect": "/x", "prefix_redirect": "/x",
     "regex_redirect": {"pattern": "a", "substitution": "b"}, "redirect_response_code": 302,
     "method_regex": True, "allow_upgrade": ["websocket"], "use_websocket": True,
-    "cors": {"origins": ["*"]},
     "rate_limits": [{"descriptor": "a"}], "envoy_override": {"a": 1},
     "load_balancer": {"policy": "ring_hash", "header": "x-user"}, "v2BoolHeaders": ["x-a"],
     "v2BoolQueryParameters": ["q"], "retry_policy": {"retry_on": "5xx", "num_retries": 3},
@@ -204,7 +203,7 @@ def test_module_table():
 @pytest.mark.parametrize("name, value", [
     ("use_ambassador_namespace_for_service_resolution", True), ("x_forwarded_proto_redirect", True),
     ("reject_requests_with_escaped_slashes", True), ("ip_allow", [{"peer": "127.0.0.1"}]),
-    ("ip_deny", [{"remote": "10.0.0.0/8"}]), ("lua_scripts", "x"), ("cors", {"origins": ["*"]}),
+    ("ip_deny", [{"remote": "10.0.0.0/8"}]), ("lua_scripts", "x"),
     ("load_balancer", {"policy": "maglev"}),
 ])
 def test_a_module_field_that_changes_routing_drops_the_module(name, value):

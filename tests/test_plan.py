@@ -205,3 +205,82 @@ def test_acme_challenges_are_routed_whatever_the_policy_and_unknown_paths_stay_4
         decided = plan(table, 8080, "p", request(b"/.well-known/acme-challenge/token"))
         assert type(decided) is Plan and decided.cluster.service == "10.0.9.9:80"
         assert plan(table, 8080, "p", request(b"/nowhere")) == LocalReply(404)  # Emissary redirects routes only
+
+
+# ---- CORS: Envoy's cors filter on the matched route's policy ------------------------------
+
+CORS = {"origins": ["https://app.example"], "methods": ["GET", "POST"], "headers": ["content-type"],
+        "credentials": True, "exposed_headers": ["x-request-id"], "max_age": "600"}
+CORS_TABLE = router(
+    mapping("cors", "/cors/", cors=CORS),
+    mapping("plain", "/plain/"),
+    mapping("get-only", "/get/", method="GET", cors=CORS),
+)
+APP = (b"origin", b"https://app.example")
+PREFLIGHT = [APP, (b"access-control-request-method", b"POST"), (b"access-control-request-headers", b"content-type")]
+ALLOWED = (b"access-control-allow-origin: https://app.example\r\naccess-control-allow-credentials: true\r\n"
+           b"access-control-expose-headers: x-request-id\r\n")
+
+
+def test_a_preflight_from_an_allowed_origin_is_answered_without_the_upstream():
+    decided = plan(CORS_TABLE, 8080, "p", request(b"/cors/x", method=b"OPTIONS", headers=PREFLIGHT))
+    assert decided == LocalReply(200, b"", False,
+                                 b"access-control-allow-origin: https://app.example\r\n"
+                                 b"access-control-allow-credentials: true\r\n"
+                                 b"access-control-allow-methods: GET, POST\r\n"
+                                 b"access-control-allow-headers: content-type\r\n"
+                                 b"access-control-max-age: 600\r\n")
+
+
+@pytest.mark.parametrize("method, headers, extra", [
+    (b"GET", [APP], ALLOWED),  # an actual request: proxied, its response marked
+    (b"POST", [APP, (b"content-type", b"application/json")], ALLOWED),
+    (b"OPTIONS", [APP], ALLOWED),  # OPTIONS without Access-Control-Request-Method is not a preflight
+    (b"GET", [(b"origin", b"https://evil.example")], b""),  # an origin not allowed: left as it is
+    (b"OPTIONS", [(b"origin", b"https://evil.example"), (b"access-control-request-method", b"POST")], b""),
+    (b"GET", [], b""),  # no Origin: not CORS
+    (b"GET", [(b"origin", b"")], b""),
+])
+def test_other_requests_are_proxied_with_the_headers_their_response_gets(method, headers, extra):
+    decided = plan(CORS_TABLE, 8080, "p", request(b"/cors/x", method=method, headers=headers))
+    assert type(decided) is Plan and decided.extra == extra
+    assert decided.path == "/x"
+
+
+def test_without_a_policy_nothing_changes():
+    for headers, method in ((PREFLIGHT, b"OPTIONS"), ([APP], b"GET")):
+        decided = plan(CORS_TABLE, 8080, "p", request(b"/plain/x", method=method, headers=headers))
+        assert type(decided) is Plan and decided.extra == b""
+    assert plan(TABLE, 8080, "p", request(b"/api/x")).extra == b""
+
+
+def test_a_preflight_only_reaches_routes_that_match_it():
+    # Emissary matches the route first: an OPTIONS preflight to a GET-only Mapping finds no route
+    assert plan(CORS_TABLE, 8080, "p", request(b"/get/x", method=b"OPTIONS", headers=PREFLIGHT)) == LocalReply(404)
+
+
+def test_the_modules_cors_is_for_mappings_without_their_own():
+    module = obj("Module", "ambassador", {"config": {"cors": {"origins": ["*"], "methods": "*"}}})
+    table = router(module, mapping("plain", "/plain/"), mapping("own", "/own/", cors=CORS),
+                   mapping("off", "/off/", cors={}))
+    elsewhere = [(b"origin", b"https://elsewhere.example"), (b"access-control-request-method", b"DELETE")]
+    assert plan(table, 8080, "p", request(b"/plain/", method=b"OPTIONS", headers=elsewhere)).extra == (
+        b"access-control-allow-origin: https://elsewhere.example\r\naccess-control-allow-methods: DELETE\r\n")
+    assert plan(table, 8080, "p", request(b"/plain/", headers=elsewhere[:1])).extra == \
+        b"access-control-allow-origin: https://elsewhere.example\r\n"
+    # the Mapping's own policy, not the Module's
+    own = plan(table, 8080, "p", request(b"/own/", method=b"OPTIONS", headers=elsewhere))
+    assert type(own) is Plan and own.extra == b""
+    assert plan(table, 8080, "p", request(b"/own/", headers=[APP])).extra == ALLOWED
+    # cors: {} allows nothing and hides the Module's
+    assert plan(table, 8080, "p", request(b"/off/", headers=elsewhere[:1])).extra == b""
+
+
+def test_a_canary_group_answers_alike_whichever_target_is_picked():
+    # Emissary flattens a member's cors into the group's route
+    table = router(mapping("main", "/c/", "10.0.1.1:80", cors={"origins": ["https://app.example"]}),
+                   mapping("canary", "/c/", "10.0.1.2:80", weight=10))
+    main = plan(table, 8080, "p", request(b"/c/", headers=[APP]), rand=lambda: 0.5)
+    canary = plan(table, 8080, "p", request(b"/c/", headers=[APP]), rand=lambda: 0.0)
+    assert (main.cluster.service, canary.cluster.service) == ("10.0.1.1:80", "10.0.1.2:80")
+    assert main.extra == canary.extra == b"access-control-allow-origin: https://app.example\r\n"

@@ -6,7 +6,7 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
-from edge.model import LabelAction, LabelGroup
+from edge.model import CorsPolicy, LabelAction, LabelGroup
 from edge.resources.base import (
     DROP,
     HONOURED,
@@ -87,8 +87,7 @@ FIELDS: dict[str, FieldRule] = {
     # them, so that a v3alpha1 -> v2 conversion round-trips: it never changes what is served
     "tls": _OK,
     "v2ExplicitTLS": _OK,
-    "cors": _drop("CORS is not served by edge yet; Mapping dropped so preflight requests are not "
-                  "proxied and no CORS headers are left out"),
+    "cors": _OK,
     "rate_limits": _drop("v2 rate_limits are not served by edge (use labels); Mapping dropped so "
                          "its traffic is never unlimited"),
     "envoy_override": _drop("envoy_override is raw Envoy route configuration, which edge cannot "
@@ -197,6 +196,7 @@ class MappingSpec:
     originate_tls: bool = False
     tls_context: str | None = None  # the TLSContext `tls` names
     grpc: bool = False  # the upstream speaks HTTP/2 (gRPC): h2c, or h2 over TLS
+    cors: CorsPolicy | None = None  # `cors` as written (origins () when it allows none); None: absent
 
 
 def parse_service(text: str, field: str = "spec.service", tls: bool = False) -> Service:
@@ -331,6 +331,57 @@ def _header_adds(spec: dict, key: str) -> tuple[HeaderAdd, ...]:
     return tuple(out)
 
 
+def _cors_list(cors: dict, key: str, where: str) -> str:
+    """A cors value Emissary joins with ", " when it is a list (ircors.py); "" when unset."""
+    value = cors.get(key)
+    if value is None or value == "" or value == []:
+        return ""
+    if isinstance(value, list) and all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in value):
+        value = ", ".join(str(v).strip() for v in value)
+    elif not isinstance(value, str):
+        raise Invalid(f"{where}.{key}", "must be a string or a list of strings")
+    return _header_value(value.strip(), f"{where}.{key}")
+
+
+def _header_value(value: str, where: str) -> str:
+    if any(c in value for c in "\r\n\0"):
+        raise Invalid(where, "must not contain CR, LF or NUL")
+    return value
+
+
+def parse_cors(value, where: str) -> CorsPolicy | None:
+    """Emissary's `cors` (a Mapping's, or the Module's config.cors): origins (a list, or v2's
+    comma-separated string; exact, "*" for any), methods, headers, exposed_headers (lists or
+    strings), credentials, max_age. None when absent; a policy without origins when it
+    allows none (it still hides the Module's). Other keys (v2CommaSeparatedOrigins, which
+    only records v2's spelling) change nothing."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise Invalid(where, "must be a mapping (origins, methods, headers, credentials, exposed_headers, max_age)")
+    origins = value.get("origins")
+    if origins is None:
+        origins = []
+    elif isinstance(origins, str):
+        origins = origins.split(",")
+    elif not isinstance(origins, list) or not all(isinstance(o, str) for o in origins):
+        raise Invalid(f"{where}.origins", "must be a list of origins or a comma-separated string")
+    origins = tuple(_header_value(o.strip(), f"{where}.origins") for o in origins if o.strip())
+    max_age = value.get("max_age")
+    if max_age is None:
+        max_age = ""
+    elif isinstance(max_age, int) and not isinstance(max_age, bool) and max_age >= 0:
+        max_age = str(max_age)
+    elif isinstance(max_age, str):
+        max_age = _header_value(max_age.strip(), f"{where}.max_age")
+    else:
+        raise Invalid(f"{where}.max_age", "must be a number of seconds")
+    return CorsPolicy(origins=origins, methods=_cors_list(value, "methods", where),
+                      headers=_cors_list(value, "headers", where),
+                      exposed_headers=_cors_list(value, "exposed_headers", where), max_age=max_age,
+                      credentials=value.get("credentials") is not None and opt_bool(value, "credentials", False, where))
+
+
 def parse_mapping(obj: RawObject, defaults: dict | None = None,
                   default_labels: dict[str, tuple[LabelAction, ...]] | None = None) -> MappingSpec:
     """Validate a Mapping. `defaults` are the Module's defaults.httpmapping,
@@ -411,4 +462,5 @@ def parse_mapping(obj: RawObject, defaults: dict | None = None,
         originate_tls=tls_named or service.scheme == "https",
         tls_context=tls_context,
         grpc=opt_bool(spec, "grpc", False),
+        cors=parse_cors(spec.get("cors"), "spec.cors"),
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from edge.model import Settings
-from edge.model import LabelAction
+from edge.model import CorsPolicy, LabelAction
 from edge.resources.base import (
     DROP,
     HONOURED,
@@ -21,6 +21,7 @@ from edge.resources.base import (
     opt_int,
     opt_str,
 )
+from edge.resources.mapping import parse_cors
 from edge.resources.ratelimit import parse_default_labels
 
 
@@ -57,7 +58,7 @@ CONFIG_FIELDS: dict[str, FieldRule] = {
     "ip_allow": _drop("IP allow lists are not served by edge yet; Module dropped"),
     "ip_deny": _drop("IP deny lists are not served by edge yet; Module dropped"),
     "lua_scripts": _drop("Lua scripts cannot run in edge; Module dropped"),
-    "cors": _drop("CORS is not served by edge yet; Module dropped"),
+    "cors": _OK,  # for every Mapping without a cors of its own
     "load_balancer": FieldRule(DROP, "session affinity (ring_hash, maglev) is not served by edge yet; "
                                "Module dropped", _affinity,
                                "edge balances round robin over the endpoints; policy ignored"),
@@ -114,6 +115,7 @@ class ModuleSpec:
     readiness_probe: bool = True
     diagnostics: bool = True
     diagnostics_non_local: bool = False
+    cors: CorsPolicy | None = None  # config.cors: the policy of Mappings without their own
 
 
 XFCC_MODES = ("SANITIZE", "FORWARD_ONLY", "APPEND_FORWARD", "SANITIZE_SET", "ALWAYS_FORWARD_ONLY")
@@ -165,4 +167,5 @@ def parse_module(obj: RawObject) -> ModuleSpec:
                       opt_bool(opt_dict(config, "liveness_probe", p), "enabled", True, f"{p}.liveness_probe"),
                       opt_bool(opt_dict(config, "readiness_probe", p), "enabled", True, f"{p}.readiness_probe"),
                       opt_bool(diagnostics, "enabled", True, f"{p}.diagnostics"),
-                      opt_bool(diagnostics, "allow_non_local", False, f"{p}.diagnostics"))
+                      opt_bool(diagnostics, "allow_non_local", False, f"{p}.diagnostics"),
+                      cors=parse_cors(config.get("cors"), f"{p}.cors"))

@@ -19,6 +19,7 @@ from typing import Iterable
 
 from edge.model import (
     Cluster,
+    CorsPolicy,
     Diagnostic,
     Endpoint,
     HeaderOp,
@@ -365,6 +366,23 @@ def _linkerd(m: _Mapping, module: ModuleSpec) -> tuple[HeaderOp, ...]:
     return (HeaderOp("l5d-dst-override", f"{host}:{port}", False),)
 
 
+def group_cors(members: list[_Mapping], module: ModuleSpec, diags: _Diags) -> CorsPolicy | None:
+    """The cors of a route (a canary group), as Emissary's: a member's own cors is
+    flattened into the group (irhttpmappinggroup.py: the last member's, here in
+    namespace/name order), else the Module's (v3route.py), so every target of the route
+    answers a preflight alike. None when it allows no origin (a Mapping's own cors without
+    origins still hides the Module's)."""
+    own = [m for m in members if m.spec.cors is not None]
+    cors = own[-1].spec.cors if own else module.cors
+    if own and any(m.spec.cors != cors for m in own):
+        chosen = own[-1].obj
+        for m in own:
+            if m.spec.cors != cors:
+                diags.add("warning", m.obj, "spec.cors", f"the Mappings of this canary group have different cors: "
+                          f"the route serves {chosen.namespace}/{chosen.name}'s, as Emissary serves one per route")
+    return cors if cors is not None and cors.origins else None
+
+
 def build_routes(mappings: list[_Mapping], module: ModuleSpec, diags: _Diags, origins: list[_Origin] = ()
                  ) -> tuple[list[tuple[Route, list[_Mapping]]], list[Cluster]]:
     groups: dict[tuple, list[_Mapping]] = defaultdict(list)
@@ -384,6 +402,7 @@ def build_routes(mappings: list[_Mapping], module: ModuleSpec, diags: _Diags, or
                           f"canary group weights total {total}, over 100 (group: {names}); group dropped")
             continue
         targets = []
+        cors = group_cors(members, module, diags)
         for m, weight in zip(members, cumulative):
             s = m.spec
             cluster = cluster_for(m, s.connect_timeout_ms or DEFAULT_CONNECT_TIMEOUT_MS,
@@ -411,6 +430,7 @@ def build_routes(mappings: list[_Mapping], module: ModuleSpec, diags: _Diags, or
                 timeout_ms=s.timeout_ms if s.timeout_ms is not None else default_timeout,
                 idle_timeout_ms=s.idle_timeout_ms if s.idle_timeout_ms is not None else DEFAULT_IDLE_TIMEOUT_MS,
                 labels=s.labels,
+                cors=cors,
             ))
         if not targets:
             continue

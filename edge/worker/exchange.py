@@ -108,7 +108,7 @@ class Exchange(Handler):
             xfp=scheme, trust_xff=decided.trust_xff, original_path=decided.original_path,
             rules=decided.target.headers, suppress_envoy=self.router.settings.suppress_envoy_headers,
             chunked=req.chunked, content_length=req.content_length)
-        self.extra_response = b""
+        self.extra_response = decided.extra
         limits = decided.limits
         if limits and state.limits is not None:
             limiter = state.limits
@@ -144,7 +144,7 @@ class Exchange(Handler):
                 self._local(429, body, not self.req.keep_alive or self.req.has_body, extra, content_type)
                 return
             if inject:
-                self.extra_response = ratelimit_responses.injected(inject)
+                self.extra_response += ratelimit_responses.injected(inject)
             self._go()
         except Exception as exc:  # noqa: BLE001 (reported as our bug: 500 and a counter)
             self.on_bug(exc)

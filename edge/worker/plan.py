@@ -4,10 +4,11 @@
 
 HTTP/1 connections, HTTP/2 streams, gRPC calls and upgrades all decide a request here:
 normalise and split the target, strip the Host port, match a route, pick the canary
-target, rewrite the path, decide what the upstream head says about the client, and match
-the rate limits. The drivers keep only what their protocol needs: framing, the upstream
-head's bytes (`heads.request_head` for an HTTP/1 upstream), the limiter's answer (shared
-memory or Redis), I/O. Nothing here touches a socket, a clock or the worker's state, so
+target, answer a CORS preflight (or mark the response's CORS headers), rewrite the path,
+decide what the upstream head says about the client, and match the rate limits. The
+drivers keep only what their protocol needs: framing, the upstream head's bytes
+(`heads.request_head` for an HTTP/1 upstream), the limiter's answer (shared memory or
+Redis), I/O. Nothing here touches a socket, a clock or the worker's state, so
 tables of requests test it without any.
 
 Both results are NamedTuples rather than frozen dataclasses: one is made per request,
@@ -22,6 +23,7 @@ from typing import NamedTuple
 
 from edge.model import Cluster, ListenerSpec
 from edge.ratelimit.descriptors import descriptors
+from edge.worker import cors
 from edge.worker.proto.messages import ClientError, Request
 from edge.worker.proxy import normalize_path, rewrite_path, split_target
 from edge.worker.router import CompiledRoute, CompiledTarget, Router, pick_target
@@ -41,6 +43,7 @@ class Plan(NamedTuple):
     headers: list  # the request's headers as the upstream gets them (x-forwarded-client-cert applied)
     limits: list  # [(RateLimitRule, counter key)] the request's descriptors match
     router: Router  # the table it was planned with (limits of a keep-alive connection are reused per table)
+    extra: bytes  # header lines (each ending in CRLF) the client's response gets: CORS; b"" when none
 
 
 class LocalReply(NamedTuple):
@@ -104,6 +107,15 @@ def plan(router: Router, port: int, peer: str, req: Request, prior: Plan | None 
     targets = route.targets
     target = targets[0] if len(targets) == 1 else pick_target(route, int(rand() * 100))
     t = target.target
+    extra = b""
+    if t.cors is not None:  # Envoy's cors filter: a preflight is answered here, a request's response marked
+        origin = cors.origin_of(req.headers)
+        if origin is not None:
+            if req.method == b"OPTIONS":
+                reply = cors.preflight(t.cors, req.headers, origin)
+                if reply is not None:
+                    return reply
+            extra = cors.response_extra(t.cors, origin)
     new_path = rewrite_path(path, matched, t.rewrite, target.regex_rewrite, t.regex_rewrite_substitution)
     original = (path + ("?" + query if query else "")) if new_path != path else None
     limits = _NO_LIMITS
@@ -117,7 +129,7 @@ def plan(router: Router, port: int, peer: str, req: Request, prior: Plan | None 
         cert, by = client_cert() if client_cert is not None else (None, "")
         headers = router.xfcc.headers(headers, cert, by)
     return _new_plan(Plan, (route, target, router.clusters[t.cluster], listener, new_path, query, original,
-                            trust_xff, headers, limits, router))
+                            trust_xff, headers, limits, router, extra))
 
 
 ACME_CHALLENGE = "/.well-known/acme-challenge/"
