@@ -426,20 +426,30 @@ class H2Stream(Exchange):
                 codec.send_data(sid, event.data)
             elif kind is End:
                 codec.end_stream(sid, _trailers(event.trailers))
-                self.ended = True
-                self._release_upstream()
-                self.reactor.forget(self)
-                return True
+                return self._relayed()
             elif kind is Response:
                 if event.informational:
                     continue
                 self.keep_upstream = event.keep_alive
                 self.response_started = True
+                if events and type(events[0]) is End and not events[0].trailers:
+                    # a head alone (gRPC's trailers-only answer, a 204): one HEADERS frame
+                    # with END_STREAM, which gRPC clients need to read grpc-status from it
+                    events.popleft()
+                    codec.respond(sid, self._response_headers(event), end_stream=True)
+                    return self._relayed()
                 codec.respond(sid, self._response_headers(event), end_stream=False)
         if codec.buffered(sid) > HIGH_WATER and not self.out:
             self.out = True  # the client is slow: the upstream waits until the codec drains
             self.conn.paused += 1
         return False
+
+    def _relayed(self) -> bool:
+        """The whole response is with the codec: the exchange is over."""
+        self.ended = True
+        self._release_upstream()
+        self.reactor.forget(self)
+        return True
 
     def _response_headers(self, resp: Response) -> list:
         rules = self.plan.target.headers
