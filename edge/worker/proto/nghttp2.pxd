@@ -1,5 +1,6 @@
 # The parts of nghttp2 (the system library, Debian's libnghttp2-dev; 1.52 with the security
-# backports of stream_reset_rate_limit and max_continuations) that h2codec.pyx uses.
+# backports of stream_reset_rate_limit and max_continuations) that h2codec.pyx uses, server
+# and client sides.
 from libc.stdint cimport int32_t, uint8_t, uint32_t, uint64_t
 
 
@@ -125,6 +126,7 @@ cdef extern from "nghttp2/nghttp2.h":
         NGHTTP2_ERR_BAD_CLIENT_MAGIC
         NGHTTP2_ERR_FLOODED
         NGHTTP2_ERR_TOO_MANY_CONTINUATIONS
+        NGHTTP2_ERR_STREAM_ID_NOT_AVAILABLE
 
     ctypedef int (*nghttp2_on_frame_recv_callback)(nghttp2_session *session, const nghttp2_frame *frame,
                                                    void *user_data) noexcept
@@ -188,9 +190,10 @@ cdef extern from "nghttp2/nghttp2.h":
     int nghttp2_session_consume(nghttp2_session *session, int32_t stream_id, size_t size)
     int nghttp2_session_consume_connection(nghttp2_session *session, size_t size)
     int32_t nghttp2_session_get_last_proc_stream_id(nghttp2_session *session)
-    uint32_t nghttp2_session_get_remote_settings(nghttp2_session *session, int id)
-    int nghttp2_session_check_request_allowed(nghttp2_session *session)
     size_t nghttp2_session_get_outbound_queue_size(nghttp2_session *session)
+    uint32_t nghttp2_session_get_remote_settings(nghttp2_session *session, int settings_id)
+    uint32_t nghttp2_session_get_next_stream_id(nghttp2_session *session)
+    int nghttp2_session_check_request_allowed(nghttp2_session *session)
     int nghttp2_session_set_stream_user_data(nghttp2_session *session, int32_t stream_id, void *stream_user_data)
     void *nghttp2_session_get_stream_user_data(nghttp2_session *session, int32_t stream_id)
     int nghttp2_session_terminate_session(nghttp2_session *session, uint32_t error_code)
@@ -218,6 +221,7 @@ cdef extern from "nghttp2/nghttp2.h":
     nghttp2_vec nghttp2_rcbuf_get_buf(nghttp2_rcbuf *rcbuf)
 
     int nghttp2_session_get_stream_remote_close(nghttp2_session *session, int32_t stream_id)
+    int nghttp2_session_get_stream_local_close(nghttp2_session *session, int32_t stream_id)
 
     const char *nghttp2_strerror(int lib_error_code)
     const char *nghttp2_http2_strerror(uint32_t error_code)
