@@ -151,10 +151,13 @@ def grpc_upstream(work: Path) -> Target:
 
 
 def nginx_grpc(work: Path, up: int) -> Target:
-    """nginx (1 worker) taking h2c and passing gRPC to the upstream (grpc_pass, kept-alive)."""
+    """nginx (1 worker) taking h2c and passing gRPC to the upstream (grpc_pass, kept-alive).
+    grpc_pass holds one upstream connection per call in flight (no multiplexing), so the
+    keep-alive pool is as big as the other targets' (512, above grpc_unary's 400 calls in
+    flight): with 64, most calls opened a new upstream connection (thousands in TIME_WAIT)."""
     port = free_port()
     target = _nginx(work, "nginx-grpc", port, f"""
-  upstream grpcs {{ server 127.0.0.1:{up}; keepalive 64; keepalive_requests 1000000; }}
+  upstream grpcs {{ server 127.0.0.1:{up}; keepalive 512; keepalive_requests 1000000; }}
   server {{ listen 127.0.0.1:{port} http2 backlog=4096; http2_max_concurrent_streams 128;
     location / {{ grpc_pass grpc://grpcs; }} }}""")
     return replace(target, grpc=True)
