@@ -169,12 +169,15 @@ def open_admin_socket(address: str) -> socket.socket:
 
 
 async def serve_admin(view: AdminView, sock: socket.socket, *, allow_remote_restart: bool = False,
-                      task_status=trio.TASK_STATUS_IGNORED) -> None:
+                      stop: trio.Event | None = None, task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Serve the admin app on `sock` (a listening socket: open_admin_socket's); the socket
-    itself stays open when this returns (hypercorn closes a duplicate of it)."""
+    itself stays open when this returns (hypercorn closes a duplicate of it). Once `stop` is
+    set, no connection is accepted any more and the requests under way are answered (for
+    up to a second) before this returns."""
     config = Config()
     config.bind = [f"fd://{os.dup(sock.fileno())}"]
     config.accesslog = None
     config.errorlog = None
     config.graceful_timeout = 1
-    await serve(make_app(view, allow_remote_restart=allow_remote_restart), config, task_status=task_status)
+    await serve(make_app(view, allow_remote_restart=allow_remote_restart), config, task_status=task_status,
+                shutdown_trigger=stop.wait if stop is not None else None)

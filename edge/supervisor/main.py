@@ -90,7 +90,8 @@ class Supervisor:
         for a in self.activated:
             log.info("port %d: listening socket from systemd (%s)", a.port, a.name)
         self.stats = self.publisher = self.counters = self.admin_socket = None
-        self.upgrade_listener = self.admin_scope = None
+        self.upgrade_listener = None
+        self.admin_stop = trio.Event()  # set by retire(): the admin server finishes what it has
         # the edge this one takes over from (handover.HandoverFailed when it refuses)
         self.taken = handover.take_over(opts.upgrade_socket) if opts.upgrade_socket else None
         try:
@@ -349,9 +350,8 @@ class Supervisor:
                 self.admin_socket.close()
 
     async def _serve_admin(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        with trio.CancelScope() as self.admin_scope:  # retire() closes it at once
-            await serve_admin(self, self.admin_socket, allow_remote_restart=self.opts.admin_allow_remote_restart,
-                              task_status=task_status)
+        await serve_admin(self, self.admin_socket, allow_remote_restart=self.opts.admin_allow_remote_restart,
+                          stop=self.admin_stop, task_status=task_status)
 
     # ---- the upgrade socket's old side (handover.Server) ----
     def handover_state(self) -> dict:
@@ -374,8 +374,9 @@ class Supervisor:
         """A new edge serves: stop answering admin requests, drain, exit, and leave the
         counter segment (it is the new edge's now)."""
         self.counters.disown()
-        if self.admin_scope is not None:
-            self.admin_scope.cancel()
+        # not a cancel: a request the old admin server accepted is answered, not reset (the
+        # shared listening socket's next connections go to the new edge's server)
+        self.admin_stop.set()
         self.stopping.set()
 
     async def _signals(self, hup: trio.MemorySendChannel, reloads: trio.MemorySendChannel) -> None:
