@@ -13,13 +13,14 @@ import h2.settings
 import hpack
 import pytest
 from hyperframe.frame import (
-    ContinuationFrame, DataFrame, Frame, GoAwayFrame, HeadersFrame, PingFrame, RstStreamFrame, SettingsFrame,
+    ContinuationFrame, DataFrame, GoAwayFrame, HeadersFrame, PingFrame, RstStreamFrame, SettingsFrame,
     WindowUpdateFrame,
 )
 
 from edge.worker.proto.h2codec import (
     Data, Drained, GoAwayReceived, H2Codec, H2Error, RequestHeaders, StreamClosed, StreamReset, Trailers,
 )
+from tests.h2peers import frames
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 GET = [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"example.com"), (b":path", b"/a?b=c"),
@@ -38,15 +39,6 @@ def client(validate: bool = True, **settings) -> h2.connection.H2Connection:
     return c
 
 
-def frames(data: bytes) -> list:
-    """The frames in server output."""
-    out = []
-    while data:
-        frame, length = Frame.parse_frame_header(memoryview(data[:9]))
-        frame.parse_body(memoryview(data[9:9 + length]))
-        out.append(frame)
-        data = data[9 + length:]
-    return out
 
 
 def drain(codec: H2Codec) -> list:
